@@ -1,0 +1,1 @@
+"""Metrics (trajectory, surface, depth) and plots."""

@@ -1,0 +1,1 @@
+"""Pure maths (numpy/torch): rigid and similarity transforms, cameras, alignment."""

@@ -1,0 +1,1 @@
+"""The online pipeline without ROS: frames, frontends, scale, keyframes, fused map."""

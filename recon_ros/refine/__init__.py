@@ -1,0 +1,1 @@
+"""Background stages on keyframes: matching, sparse global alignment, MVS, transients."""

@@ -1,0 +1,1 @@
+"""The only package that imports rclpy / tf2_ros: the two nodes and their wiring."""
