@@ -97,3 +97,36 @@ class FrameEstimate:
         if self.valid is not None:
             ok &= self.valid
         return ok
+
+
+@dataclass
+class Keyframe:
+    """A frame kept for the map and for background refinement.
+
+    ``points_cam`` (h x w x 3 float32) is the pointmap in the keyframe's own camera frame
+    (metric when a scale is known), at the resolution of ``K`` (the model resolution for
+    Spann3R, the depth resolution for RGB-D). ``rgb`` is the full-resolution image with
+    intrinsics ``K_image``; ``pixel_map`` relates the two pixel grids. ``T_world_cam`` is the
+    current pose in the map's world frame, a rigid transform or a Sim(3) after correction.
+    ``valid`` marks pixels that may enter the map.
+    """
+
+    id: int
+    stamp_ns: int
+    rgb: np.ndarray
+    points_cam: np.ndarray
+    confidence: np.ndarray
+    colors: np.ndarray
+    K: np.ndarray
+    K_image: np.ndarray
+    pixel_map: PixelMap
+    T_world_cam: np.ndarray
+    valid: np.ndarray
+    depth_source: str = "frontend"  # "frontend" | "depth" | "mvs"
+
+    @property
+    def depth(self) -> np.ndarray:
+        """z-depth of ``points_cam`` (NaN where invalid)."""
+        z = self.points_cam[..., 2].astype(np.float32, copy=True)
+        z[~self.valid] = np.nan
+        return z
