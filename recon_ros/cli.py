@@ -16,6 +16,7 @@ from recon_ros.errors import ReconError
 
 # (name, module, one-line summary)
 COMMANDS: list[tuple[str, str, str]] = [
+    ("convert", "recon_ros.commands.convert", "convert ScanNet / ARKitScenes / images / video to a rosbag2"),
 ]
 
 EPILOG = """\
