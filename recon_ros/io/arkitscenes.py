@@ -95,7 +95,7 @@ class ARKitScenesSource(FrameSource):
     def _list_images(self) -> list[tuple[int, str, Path]]:
         out = []
         for f in (self.path / "lowres_wide").glob("*.png"):
-            video, _, ts = f.stem.rpartition("_")
+            ts = f.stem.rpartition("_")[2]
             try:
                 out.append((text_to_ns(ts), f.stem, f))
             except ValueError:

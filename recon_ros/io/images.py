@@ -10,7 +10,6 @@ import logging
 import math
 import os
 import re
-from pathlib import Path
 from typing import Iterator, Optional, Union
 
 import cv2

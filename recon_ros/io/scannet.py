@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
@@ -36,7 +35,6 @@ from recon_ros.mapping.frame import Frame
 
 logger = logging.getLogger(__name__)
 
-_NUM = re.compile(r"(\d+)")
 
 
 def _scene_layout(p: Path) -> Optional[str]:
