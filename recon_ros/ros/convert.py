@@ -27,9 +27,15 @@ def K_from_camera_info(msg: Any) -> np.ndarray:
     return M.camera_info_to_model(msg).K
 
 
+DEPTH_LIKE_ENCODINGS = ("16UC1", "32FC1", "64FC1")
+
+
 def frame_from_messages(image: Any, info: Optional[Any], depth: Optional[Any], compressed: bool,
                         index: int) -> Frame:
     """A validated Frame from matched messages; DataFormatError/UserInputError when malformed."""
+    if not compressed and str(image.encoding) in DEPTH_LIKE_ENCODINGS:
+        raise DataFormatError(f"the colour image has encoding {image.encoding}, which is a depth "
+                              f"encoding: remap 'image' to the colour topic and 'depth' to the depth topic")
     rgb = M.compressed_to_rgb(image) if compressed else M.image_to_rgb(image)
     h, w = rgb.shape[:2]
     K = None

@@ -37,8 +37,8 @@ from recon_ros.geometry.transforms import invert_T, transform_points
 from recon_ros.ros import convert, params, qos
 from recon_ros.ros import tf as rtf
 from recon_ros.ros.schema import NodeSchema, ReconNodeConfig, recon_node_schema
-from recon_ros.ros.stamps import (HealthInputs, StampMonitor, free_gpu_memory, gpu_memory_mb,
-                                  health_summary)
+from recon_ros.ros.stamps import (HealthInputs, JumpDetector, StampMonitor, free_gpu_memory,
+                                  gpu_memory_mb, health_summary)
 from recon_ros.ros.worker import GpuWorker
 
 TF_POLL_PERIOD_S = 0.01
@@ -102,7 +102,8 @@ class ReconNode(LifecycleNode):
         self._tf_static_pub: Any = None
         self._matcher: Any = None
         self._tf_queue: Optional[rtf.TfWaitQueue] = None
-        self._stamps = StampMonitor(jump_tolerance_ns=0)
+        self._stamps = StampMonitor()
+        self._jumps = JumpDetector(tolerance_ns=0)
         self._out = _Outputs()
         self._counts: collections.Counter = collections.Counter()
         self._count_lock = threading.Lock()
@@ -162,7 +163,8 @@ class ReconNode(LifecycleNode):
             self._release_model()
             return TransitionCallbackReturn.FAILURE
         r = self.ros
-        self._stamps = StampMonitor(jump_tolerance_ns=int(r.frames.time_jump_tolerance_s * 1e9))
+        self._stamps = StampMonitor()
+        self._jumps = JumpDetector(tolerance_ns=int(r.frames.time_jump_tolerance_s * 1e9))
         self._tf_queue = rtf.TfWaitQueue(timeout_ns=int(r.frames.tf_timeout_s * 1e9),
                                          max_size=r.frames.max_waiting_frames)
         self._out = _Outputs()
@@ -204,6 +206,7 @@ class ReconNode(LifecycleNode):
             self._housekeeping_timer(),
         ]
         self._stamps.reset()
+        self._jumps.reset()
         self._last_match_ns = 0
         self._activated_ns = self._now_ns()
         self._active = True
@@ -325,7 +328,7 @@ class ReconNode(LifecycleNode):
         except (AttributeError, TypeError, ValueError):
             self._count("bad_messages")
             return
-        if name == "image" and self._stamps.observe(stamp, self._now_ns()):
+        if self._jumps.observe(name, stamp):
             self.get_logger().warning(
                 "input time jumped backwards (a bag restarted or looped?): resetting the map")
             self._count("time_jumps")
@@ -337,6 +340,7 @@ class ReconNode(LifecycleNode):
         image = match["image"]
         now = self._now_ns()
         self._last_match_ns = now
+        self._stamps.observe(stamp, now)
         self._count("matched")
         if self._paused:
             self._count("paused")
@@ -480,6 +484,7 @@ class ReconNode(LifecycleNode):
     def _srv_reset(self, request: Any, response: Any) -> Any:
         try:
             self._stamps.reset()
+            self._jumps.reset()
             self._matched = 0
             self._run_on_worker(self._do_reset, "requested")
             response.success, response.message = True, "map reset"

@@ -10,33 +10,44 @@ OK, WARN, ERROR = 0, 1, 2  # diagnostic_msgs/DiagnosticStatus levels
 
 
 @dataclass
-class StampMonitor:
-    """Tracks the stamps of matched input frames.
+class JumpDetector:
+    """Detects input time going backwards (a bag restarted or looped) on any input stream.
 
-    ``observe`` returns True when the stamp went backwards by more than ``jump_tolerance_ns``
-    (a bag restarted or looped): the caller resets the map. Rate and delay are measured over the
-    last ``window`` frames.
+    ``observe(stream, stamp)`` returns True when the stamp is older than that stream's previous
+    one by more than ``tolerance_ns``; the history of every stream is then forgotten, so the
+    other streams of the same restart do not report it again.
     """
 
-    jump_tolerance_ns: int
-    window: int = 30
-    last_stamp_ns: Optional[int] = None
-    _arrivals: deque = field(default_factory=deque)  # (receive time ns, stamp ns)
+    tolerance_ns: int
     jumps: int = 0
+    _last: dict = field(default_factory=dict)
 
-    def observe(self, stamp_ns: int, now_ns: int) -> bool:
-        jumped = self.last_stamp_ns is not None and stamp_ns < self.last_stamp_ns - self.jump_tolerance_ns
+    def observe(self, stream: str, stamp_ns: int) -> bool:
+        last = self._last.get(stream)
+        jumped = last is not None and stamp_ns < last - self.tolerance_ns
         if jumped:
             self.jumps += 1
-            self._arrivals.clear()
-        self.last_stamp_ns = stamp_ns
-        self._arrivals.append((now_ns, stamp_ns))
-        while len(self._arrivals) > self.window:
-            self._arrivals.popleft()
+            self._last.clear()
+        self._last[stream] = max(stamp_ns, last) if (last is not None and not jumped) else stamp_ns
         return jumped
 
     def reset(self) -> None:
-        self.last_stamp_ns = None
+        self._last.clear()
+
+
+@dataclass
+class StampMonitor:
+    """Rate and delay of the matched input frames over the last ``window`` frames."""
+
+    window: int = 30
+    _arrivals: deque = field(default_factory=deque)  # (receive time ns, stamp ns)
+
+    def observe(self, stamp_ns: int, now_ns: int) -> None:
+        self._arrivals.append((now_ns, stamp_ns))
+        while len(self._arrivals) > self.window:
+            self._arrivals.popleft()
+
+    def reset(self) -> None:
         self._arrivals.clear()
 
     def rate_hz(self) -> float:
