@@ -14,8 +14,7 @@ import yaml
 from recon_ros import config as C
 from recon_ros.errors import DataFormatError, UserInputError
 from recon_ros.geometry.camera import PixelMap
-from recon_ros.geometry.transforms import (R_BODY_OPTICAL, invert_T, make_T, rotvec_to_matrix,
-                                           transform_points)
+from recon_ros.geometry.transforms import make_T, rotvec_to_matrix, transform_points
 from recon_ros.io import messages as M
 from recon_ros.mapping.frame import Keyframe
 from recon_ros.ros import convert, schema as S

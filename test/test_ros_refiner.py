@@ -11,7 +11,6 @@ import threading
 import numpy as np
 import pytest
 
-from recon_ros.geometry.transforms import make_T
 from recon_ros.io import messages as M
 
 from rclpy_standin import installed

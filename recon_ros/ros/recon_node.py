@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import datetime
+import gc
 import os
 import threading
 from dataclasses import dataclass, field
@@ -287,7 +288,6 @@ class ReconNode(LifecycleNode):
 
     def _release_model(self) -> None:
         self._recon = None
-        import gc
         gc.collect()
         free_gpu_memory()
 
