@@ -1,0 +1,722 @@
+"""recon_node: camera stream in, Spann3R reconstruction out (PointCloud2, poses, path, TF).
+
+A lifecycle node. ``configure`` loads the model; ``activate`` subscribes; ``deactivate`` stops
+listening; ``cleanup`` frees the GPU. With ``lifecycle.autostart`` (default) it configures and
+activates itself.
+
+Threads: subscription callbacks only match messages (approximate time) and queue them, never
+decode or infer; frames wait (without blocking) for the TF they need; one worker thread owns the
+model and takes the newest frame when it is free (older ones are dropped and counted); services
+hand their work to that thread; the TF listener spins its own thread.
+"""
+from __future__ import annotations
+
+import collections
+import datetime
+import gc
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import rclpy
+import tf2_ros
+from diagnostic_updater import DiagnosticStatusWrapper, Updater
+from geometry_msgs.msg import PoseStamped
+from nav_msgs.msg import Odometry, Path as PathMsg
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
+from rclpy.time import Time
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+from std_srvs.srv import SetBool, Trigger
+
+from recon_ros.errors import UserInputError
+from recon_ros.geometry.transforms import invert_T, transform_points
+from recon_ros.ros import convert, params, qos
+from recon_ros.ros import tf as rtf
+from recon_ros.ros.schema import NodeSchema, ReconNodeConfig, recon_node_schema
+from recon_ros.ros.stamps import (HealthInputs, JumpDetector, StampMonitor, free_gpu_memory,
+                                  gpu_memory_mb, health_summary)
+from recon_ros.ros.worker import GpuWorker
+
+TF_POLL_PERIOD_S = 0.01
+HOUSEKEEPING_PERIOD_S = 1.0
+THROTTLE_S = 5.0
+
+
+def default_reconstructor(cfg: Any) -> Any:
+    """Build the core Reconstructor (imports torch and loads the model: seconds, GPU memory)."""
+    from recon_ros.mapping.reconstructor import Reconstructor
+    return Reconstructor(cfg)
+
+
+@dataclass
+class PendingFrame:
+    """Matched input messages of one frame, not yet decoded (decoding runs on the worker)."""
+
+    index: int
+    stamp_ns: int
+    frame_id: str
+    image: Any
+    info: Any = None
+    depth: Any = None
+    T_odom_cam: Optional[np.ndarray] = None
+
+
+@dataclass
+class _Outputs:
+    """What has been published, to know what to republish (worker thread only)."""
+
+    T_map_recon: Optional[np.ndarray] = None
+    T_base_cam: Optional[np.ndarray] = None
+    camera_frame: str = ""
+    image_size: Optional[tuple] = None
+    path_dirty: bool = False
+    map_dirty: bool = False
+    last_map_pub_ns: int = 0
+    odom_by_stamp: "collections.OrderedDict[int, np.ndarray]" = field(default_factory=collections.OrderedDict)
+
+
+class ReconNode(LifecycleNode):
+    """The reconstruction node; see the module docstring and docs/ros.md."""
+
+    def __init__(self, node_name: str = "recon_node", *, core_cls: Optional[type] = None,
+                 reconstructor_factory: Optional[Callable[[Any], Any]] = None, **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
+        self._msg = convert.rclpy_types()
+        self._schema: NodeSchema = recon_node_schema(core_cls)
+        params.declare_all(self, self._schema)
+        self.add_on_set_parameters_callback(params.on_set_callback(self._schema, self._on_params_applied))
+        self._factory = reconstructor_factory or default_reconstructor
+        self._recon: Any = None
+        self._worker: Optional[GpuWorker] = None
+        self._pubs: dict[str, Any] = {}
+        self._subs: list = []
+        self._timers: list = []
+        self._services: list = []
+        self._tf_buffer: Any = None
+        self._tf_listener: Any = None
+        self._tf_pub: Any = None
+        self._tf_static_pub: Any = None
+        self._matcher: Any = None
+        self._tf_queue: Optional[rtf.TfWaitQueue] = None
+        self._stamps = StampMonitor()
+        self._jumps = JumpDetector(tolerance_ns=0)
+        self._out = _Outputs()
+        self._counts: collections.Counter = collections.Counter()
+        self._count_lock = threading.Lock()
+        self._active = False
+        self._paused = False
+        self._matched = 0
+        self._last_match_ns = 0
+        self._activated_ns = 0
+        self._timings: dict = {}
+        self._last_autosave_ns = 0
+        self._finished = False
+        self._input_group = MutuallyExclusiveCallbackGroup()
+        self._service_group = ReentrantCallbackGroup()
+        self._diag = Updater(self, period=self.ros.diagnostics.period_s)
+        self._diag.setHardwareID("recon_ros")
+        self._diag.add("recon_node", self._diagnose)
+
+    # -- configuration -----------------------------------------------------------------------
+    @property
+    def ros(self) -> ReconNodeConfig:
+        return self._schema.ros
+
+    @property
+    def autostart(self) -> bool:
+        return bool(self.get_parameter("lifecycle.autostart").value)
+
+    def _on_params_applied(self, applied: dict) -> None:
+        self.get_logger().info("parameters changed: " + ", ".join(f"{k}={v!r}" for k, v in applied.items()))
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._count_lock:
+            self._counts[key] += n
+
+    def counters(self) -> dict:
+        """Every counter (received, matched, dropped, bad messages, TF timeouts, ...)."""
+        with self._count_lock:
+            out = dict(self._counts)
+        if self._worker is not None:
+            st = self._worker.stats()
+            out.update(dropped_busy=st.dropped, processed=st.processed, failed=st.failed)
+        if self._matcher is not None:
+            out.update(convert.matcher_counts(self._matcher))
+        return out
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def on_configure(self, state: State) -> TransitionCallbackReturn:
+        log = self.get_logger()
+        try:
+            params.read_all(self, self._schema)
+        except UserInputError as exc:
+            log.error(f"bad parameter: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        try:
+            self._recon = self._factory(self._schema.core)
+        except Exception as exc:  # model files, CUDA, ...: report and stay unconfigured
+            log.error(f"could not build the reconstructor: {exc}")
+            self._release_model()
+            return TransitionCallbackReturn.FAILURE
+        r = self.ros
+        self._stamps = StampMonitor()
+        self._jumps = JumpDetector(tolerance_ns=int(r.frames.time_jump_tolerance_s * 1e9))
+        self._tf_queue = rtf.TfWaitQueue(timeout_ns=int(r.frames.tf_timeout_s * 1e9),
+                                         max_size=r.frames.max_waiting_frames)
+        self._out = _Outputs()
+        self._create_publishers()
+        self._create_services()
+        self._tf_buffer = tf2_ros.Buffer()
+        self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, self, spin_thread=True)
+        if r.frames.publish_tf:
+            self._tf_pub = tf2_ros.TransformBroadcaster(self)
+            self._tf_static_pub = tf2_ros.StaticTransformBroadcaster(self)
+        self._worker = GpuWorker(self._process, name="recon_gpu", on_error=self._on_worker_error)
+        self._worker.start()
+        log.info("configured: model ready")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: State) -> TransitionCallbackReturn:
+        r = self.ros.input
+        compressed = r.image_transport == "compressed"
+        secondaries = (["camera_info"] if r.use_camera_info else []) + (["depth"] if r.use_depth else [])
+        names = ["image"] + secondaries
+        self._matcher = convert.make_matcher(secondaries, r.sync_slop_s, r.queue_size)
+        profile = qos.input_qos(r.qos, r.queue_size)
+        image_topic = "image/compressed" if compressed else "image"
+        image_type = CompressedImage if compressed else Image
+        self._subs = [self.create_subscription(image_type, image_topic, lambda m: self._on_input("image", m),
+                                               profile, callback_group=self._input_group)]
+        if r.use_camera_info:
+            self._subs.append(self.create_subscription(CameraInfo, "camera_info",
+                                                       lambda m: self._on_input("camera_info", m),
+                                                       profile, callback_group=self._input_group))
+        if r.use_depth:
+            self._subs.append(self.create_subscription(Image, "depth", lambda m: self._on_input("depth", m),
+                                                       profile, callback_group=self._input_group))
+        if r.corrected_path_topic:
+            self._subs.append(self.create_subscription(PathMsg, r.corrected_path_topic, self._on_corrected_path,
+                                                       qos.latched(), callback_group=self._input_group))
+        self._timers = [
+            self.create_timer(TF_POLL_PERIOD_S, self._poll_tf, callback_group=self._input_group),
+            self._housekeeping_timer(),
+        ]
+        self._stamps.reset()
+        self._jumps.reset()
+        self._last_match_ns = 0
+        self._activated_ns = self._now_ns()
+        self._active = True
+        f = self.ros.frames
+        plan = rtf.plan_tf(f.map_frame, f.odom_frame, f.base_frame, "<camera frame of the images>")
+        topics = ", ".join(f"{s.topic_name}" for s in self._subs)
+        self.get_logger().info(
+            f"active: subscribed {topics} with QoS {qos.describe(profile)} ({r.qos}); matching "
+            f"{'+'.join(names)} with slop {r.sync_slop_s} s; publishing TF "
+            f"{plan.parent} -> {plan.child if f.publish_tf else '(off)'}; static {f.map_frame} -> "
+            f"{f.recon_frame}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def _housekeeping_timer(self) -> Any:
+        return self.create_timer(HOUSEKEEPING_PERIOD_S, self._housekeeping, callback_group=self._input_group)
+
+    def on_deactivate(self, state: State) -> TransitionCallbackReturn:
+        self._active = False
+        self._destroy_inputs()
+        if self._worker is not None:
+            self._worker.clear_pending()
+        self.get_logger().info("inactive: not listening (activate to resume)")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state: State) -> TransitionCallbackReturn:
+        self._teardown()
+        self.get_logger().info("cleaned up: model released")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: State) -> TransitionCallbackReturn:
+        self.finish()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: State) -> TransitionCallbackReturn:
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def finish(self) -> None:
+        """Autosave (if configured and there is a map) and release everything; idempotent."""
+        if self._finished:
+            return
+        self._finished = True
+        self._active = False
+        self._destroy_inputs()
+        if self._recon is not None and self.ros.save.on_shutdown and self._worker is not None:
+            try:
+                saved = self._worker.call(self._save).result(self.ros.save.timeout_s)
+                if saved is not None:
+                    self.get_logger().info(f"map saved on shutdown to {saved[0]}")
+            except Exception as exc:
+                self.get_logger().error(f"saving the map on shutdown failed: {exc}")
+        self._teardown()
+
+    def _destroy_inputs(self) -> None:
+        for s in self._subs:
+            self.destroy_subscription(s)
+        for t in self._timers:
+            self.destroy_timer(t)
+        self._subs, self._timers = [], []
+        self._matcher = None
+        if self._tf_queue is not None:
+            self._tf_queue.clear()
+
+    def _teardown(self) -> None:
+        self._active = False
+        self._destroy_inputs()
+        if self._worker is not None:
+            if not self._worker.stop(timeout=30.0):
+                self.get_logger().error("the GPU worker did not stop within 30 s")
+            self._worker = None
+        for p in self._pubs.values():
+            self.destroy_publisher(p)
+        for s in self._services:
+            self.destroy_service(s)
+        self._pubs, self._services = {}, []
+        self._tf_listener = self._tf_buffer = self._tf_pub = self._tf_static_pub = None
+        self._release_model()
+
+    def _release_model(self) -> None:
+        self._recon = None
+        gc.collect()
+        free_gpu_memory()
+
+    def _create_publishers(self) -> None:
+        r = self.ros.publish
+        mk = self.create_publisher
+        self._pubs = {
+            "map_cloud": mk(PointCloud2, "~/map_cloud", qos.latched()),
+            "frame_cloud": mk(PointCloud2, "~/frame_cloud", qos.best_effort()),
+            "pose": mk(PoseStamped, "~/pose", qos.stream(10)),
+            "odom": mk(Odometry, "~/odom", qos.stream(10)),
+            "path": mk(PathMsg, "~/path", qos.latched()),
+            "depth": mk(Image, "~/depth", qos.best_effort()),
+            "confidence": mk(Image, "~/confidence", qos.best_effort()),
+        }
+        if r.keyframes:
+            self._pubs["keyframes"] = mk(PointCloud2, "~/keyframes", qos.stream(50))
+            self._pubs["keyframe_info"] = mk(CameraInfo, "~/keyframe_info", qos.stream(50))
+
+    def _create_services(self) -> None:
+        g = self._service_group
+        self._services = [
+            self.create_service(Trigger, "~/save_map", self._srv_save_map, callback_group=g),
+            self.create_service(Trigger, "~/reset", self._srv_reset, callback_group=g),
+            self.create_service(SetBool, "~/set_paused", self._srv_set_paused, callback_group=g),
+        ]
+
+    # -- input (executor threads, one mutually exclusive group) ------------------------------
+    def _now_ns(self) -> int:
+        return int(self.get_clock().now().nanoseconds)
+
+    def _on_input(self, name: str, msg: Any) -> None:
+        self._count(f"received_{name}")
+        if not self._active or self._matcher is None:
+            return
+        try:
+            stamp = convert.stamp_to_ns(msg.header.stamp)
+        except (AttributeError, TypeError, ValueError):
+            self._count("bad_messages")
+            return
+        if self._jumps.observe(name, stamp):
+            self.get_logger().warning(
+                "input time jumped backwards (a bag restarted or looped?): resetting the map")
+            self._count("time_jumps")
+            self._request_reset("time jumped backwards")
+        for match in self._matcher.push(name, stamp, msg):
+            self._on_matched(match.items, match.stamp_ns)
+
+    def _on_matched(self, match: dict, stamp: int) -> None:
+        image = match["image"]
+        now = self._now_ns()
+        self._last_match_ns = now
+        self._stamps.observe(stamp, now)
+        self._count("matched")
+        if self._paused:
+            self._count("paused")
+            return
+        self._matched += 1
+        if (self._matched - 1) % self.ros.input.process_every_n:
+            self._count("skipped_every_n")
+            return
+        item = PendingFrame(index=self._matched - 1, stamp_ns=stamp, frame_id=str(image.header.frame_id),
+                            image=image, info=match.get("camera_info"), depth=match.get("depth"))
+        if self._needs_tf():
+            self._tf_queue.timeout_ns = int(self.ros.frames.tf_timeout_s * 1e9)
+            if self._tf_queue.push(item, stamp, now) is not None:
+                self._count("tf_queue_overflow")
+        else:
+            self._submit(item)
+
+    def _submit(self, item: PendingFrame) -> None:
+        if self._worker is not None:
+            self._worker.submit(item)
+
+    def _needs_tf(self) -> bool:
+        f = self.ros.frames
+        return bool(f.odom_frame) or (bool(f.base_frame) and self._out.T_base_cam is None)
+
+    def _lookup(self, target: str, source: str, stamp_ns: Optional[int]) -> Optional[np.ndarray]:
+        """Transform source -> target at a stamp (None: latest), without waiting; None if unknown."""
+        when = Time() if stamp_ns is None else Time(nanoseconds=stamp_ns)
+        try:
+            tf_msg = self._tf_buffer.lookup_transform(target, source, when)
+        except tf2_ros.TransformException:
+            return None
+        return convert.transform_to_matrix(tf_msg)
+
+    def _tf_for(self, item: PendingFrame, stamp_ns: int) -> Optional[dict]:
+        f = self.ros.frames
+        out: dict = {}
+        if f.base_frame and self._out.T_base_cam is None:
+            T = self._lookup(f.base_frame, item.frame_id, None)
+            if T is None:
+                return None
+            out["T_base_cam"] = T
+        if f.odom_frame:
+            T = self._lookup(f.odom_frame, item.frame_id, stamp_ns)
+            if T is None:
+                return None
+            out["T_odom_cam"] = T
+        return out
+
+    def _poll_tf(self) -> None:
+        if self._tf_queue is None or not len(self._tf_queue):
+            return
+        ready, expired = self._tf_queue.poll(self._now_ns(), self._tf_for)
+        if expired:
+            self._count("tf_timeouts", len(expired))
+            f = self.ros.frames
+            needed = [x for x in (f.odom_frame, f.base_frame) if x]
+            self.get_logger().warning(
+                f"dropped {len(expired)} frame(s): no transform {' / '.join(needed)} <- "
+                f"'{expired[-1].frame_id}' within {f.tf_timeout_s} s of the image stamp (is the "
+                f"TF publisher running? use_sim_time consistent? raise frames.tf_timeout_s)",
+                throttle_duration_sec=THROTTLE_S)
+        for item, tfs in ready:
+            if "T_base_cam" in tfs:
+                self._out.T_base_cam = tfs["T_base_cam"]
+            item.T_odom_cam = tfs.get("T_odom_cam")
+            self._submit(item)
+
+    def _request_reset(self, reason: str) -> None:
+        if self._matcher is not None:
+            self._matcher.reset()
+        if self._tf_queue is not None:
+            self._tf_queue.clear()
+        if self._tf_buffer is not None:
+            self._tf_buffer.clear()
+        self._matched = 0
+        if self._worker is not None:
+            self._worker.clear_pending()
+            self._worker.call(self._do_reset, reason)
+
+    def _housekeeping(self) -> None:
+        if not self._active:
+            return
+        r = self.ros
+        now = self._now_ns()
+        last = self._last_match_ns or self._activated_ns
+        if not self._paused and now - last > r.diagnostics.no_data_warn_s * 1e9:
+            self._warn_no_data()
+        if self._worker is None:
+            return
+        if r.save.autosave_period_s > 0:
+            if self._last_autosave_ns == 0:
+                self._last_autosave_ns = now
+            elif now - self._last_autosave_ns >= r.save.autosave_period_s * 1e9:
+                self._last_autosave_ns = now
+                self._worker.call(self._autosave)
+        if self._out.map_dirty:
+            self._worker.call(self._maybe_publish_map)
+
+    def _warn_no_data(self) -> None:
+        c = self.counters()
+        r = self.ros.input
+        topics = ", ".join(s.topic_name for s in self._subs)
+        received = ", ".join(f"{k[len('received_'):]}={v}" for k, v in sorted(c.items()) if k.startswith("received_"))
+        unmatched = ", ".join(f"{k[len('sync_'):]}={v}" for k, v in sorted(c.items())
+                              if k.startswith("sync_") and k != "sync_matched")
+        self.get_logger().warning(
+            f"no matched frame for {self.ros.diagnostics.no_data_warn_s:g} s. Subscribed: {topics} "
+            f"(QoS {r.qos}, transport {r.image_transport}, approximate-time slop {r.sync_slop_s} s). "
+            f"Received: {received or 'nothing'}; unmatched: {unmatched or 'none'}. Check the topic "
+            f"remappings, that stamps are set and close, and the QoS (ros2 topic info -v).",
+            throttle_duration_sec=THROTTLE_S)
+
+    def _on_corrected_path(self, msg: Any) -> None:
+        if self._worker is None or not self._active:
+            return
+        poses = convert.path_poses(msg)
+        if poses:
+            self._worker.call(self._apply_corrections, poses)
+
+    # -- services (reentrant group; the work runs on the worker thread) ----------------------
+    def _run_on_worker(self, fn: Callable, *args: Any) -> Any:
+        if self._worker is None or self._recon is None:
+            raise RuntimeError("the node is not configured (ros2 lifecycle set <node> configure)")
+        return self._worker.call(fn, *args).result(self.ros.save.timeout_s)
+
+    def _srv_save_map(self, request: Any, response: Any) -> Any:
+        try:
+            saved = self._run_on_worker(self._save)
+            if saved is None:
+                response.success, response.message = False, "the map is empty: nothing saved"
+            else:
+                directory, files, points = saved
+                response.success = True
+                response.message = str(directory)
+                self.get_logger().info(f"saved {points} points to {directory} ({', '.join(files)})")
+        except Exception as exc:
+            response.success, response.message = False, f"save failed: {exc}"
+        return response
+
+    def _srv_reset(self, request: Any, response: Any) -> Any:
+        try:
+            self._stamps.reset()
+            self._jumps.reset()
+            self._matched = 0
+            self._run_on_worker(self._do_reset, "requested")
+            response.success, response.message = True, "map reset"
+        except Exception as exc:
+            response.success, response.message = False, f"reset failed: {exc}"
+        return response
+
+    def _srv_set_paused(self, request: Any, response: Any) -> Any:
+        self._paused = bool(request.data)
+        if self._paused and self._worker is not None:
+            self._worker.clear_pending()
+        response.success = True
+        response.message = "paused" if self._paused else "resumed"
+        self.get_logger().info(response.message)
+        return response
+
+    # -- the worker thread -------------------------------------------------------------------
+    def _on_worker_error(self, exc: BaseException) -> None:
+        if isinstance(exc, UserInputError):
+            self._count("bad_messages")
+            self.get_logger().warning(f"skipped a frame: {exc}", throttle_duration_sec=THROTTLE_S)
+        else:
+            self._count("errors")
+            self.get_logger().error(f"processing a frame failed: {type(exc).__name__}: {exc}",
+                                    throttle_duration_sec=THROTTLE_S)
+
+    def _process(self, item: PendingFrame) -> None:
+        frame = convert.frame_from_messages(item.image, item.info, item.depth,
+                                            self.ros.input.image_transport == "compressed", item.index)
+        size = (frame.width, frame.height)
+        if self._out.image_size is None:
+            self._out.image_size = size
+        elif size != self._out.image_size:
+            raise UserInputError(
+                f"image size changed from {self._out.image_size[0]}x{self._out.image_size[1]} to "
+                f"{size[0]}x{size[1]} mid-stream; call ~/reset to start a map at the new size")
+        frame.T_odom_cam = item.T_odom_cam
+        if item.T_odom_cam is not None:
+            self._out.odom_by_stamp[frame.stamp_ns] = item.T_odom_cam
+            while len(self._out.odom_by_stamp) > 64:
+                self._out.odom_by_stamp.popitem(last=False)
+        self._out.camera_frame = frame.frame_id
+        result = self._recon.process(frame)
+        self._timings = dict(result.timings_ms)
+        self._publish_result(result)
+
+    def _publish_result(self, result: Any) -> None:
+        for est in result.estimates:
+            self._publish_estimate(est, final=True)
+        if result.provisional is not None and self.ros.publish.provisional_pose:
+            self._publish_estimate(result.provisional, final=False)
+        if result.new_keyframes:
+            self._publish_keyframes(result.new_keyframes)
+            self._out.path_dirty = True
+        if result.map_changed:
+            self._out.map_dirty = True
+        if self._out.path_dirty:
+            self._publish_path()
+        self._maybe_publish_map()
+
+    def _anchor(self) -> np.ndarray:
+        """T_map_recon, fixed (and published as static TF) at the first estimate after a reset."""
+        if self._out.T_map_recon is None:
+            base = self._out.T_base_cam if self.ros.frames.base_frame else None
+            self._out.T_map_recon = rtf.map_from_recon(base)
+            f = self.ros.frames
+            if self._tf_static_pub is not None:
+                self._tf_static_pub.sendTransform(convert.transform_stamped(
+                    self._msg, self._out.T_map_recon, self._now_ns(), f.map_frame, f.recon_frame))
+        return self._out.T_map_recon
+
+    def _publish_estimate(self, est: Any, final: bool) -> None:
+        f, p = self.ros.frames, self.ros.publish
+        T_map_recon = self._anchor()
+        T_map_cam = rtf.pose_in_map(T_map_recon, est.T_world_cam)
+        base = self._out.T_base_cam if f.base_frame else None
+        T_map_base = rtf.body_pose(T_map_cam, base)
+        child = f.base_frame or self._out.camera_frame
+        publish_pose = final != p.provisional_pose
+        if publish_pose:
+            self._pubs["pose"].publish(convert.pose_stamped(self._msg, T_map_base, est.stamp_ns, f.map_frame))
+            self._pubs["odom"].publish(convert.odometry(self._msg, T_map_base, est.stamp_ns, f.map_frame, child))
+            self._publish_tf(T_map_base, est.stamp_ns)
+        if not final:
+            return
+        want_cloud = p.frame_cloud and self._pubs["frame_cloud"].get_subscription_count() > 0
+        if want_cloud:
+            ok = est.valid_mask() & (est.confidence >= p.frame_cloud_min_confidence)
+            xyz = transform_points(T_map_recon, est.points[ok].astype(np.float32))
+            self._pubs["frame_cloud"].publish(convert.cloud(self._msg, xyz, est.colors[ok], est.confidence[ok],
+                                                            est.stamp_ns, f.map_frame))
+        want_depth = p.depth_image and self._pubs["depth"].get_subscription_count() > 0
+        if want_depth:
+            pts_cam = transform_points(invert_T(est.T_world_cam), est.points)
+            depth = np.where(est.valid_mask(), pts_cam[..., 2], np.nan).astype(np.float32)
+            self._pubs["depth"].publish(convert.image(self._msg, depth, "32FC1", est.stamp_ns, self._out.camera_frame))
+        if p.confidence_image and self._pubs["confidence"].get_subscription_count() > 0:
+            self._pubs["confidence"].publish(convert.image(
+                self._msg, np.asarray(est.confidence, dtype=np.float32), "32FC1", est.stamp_ns, self._out.camera_frame))
+
+    def _publish_tf(self, T_map_base: np.ndarray, stamp_ns: int) -> None:
+        f = self.ros.frames
+        if self._tf_pub is None:
+            return
+        plan = rtf.plan_tf(f.map_frame, f.odom_frame, f.base_frame, self._out.camera_frame)
+        if plan.via_odom:
+            T_odom_cam = self._out.odom_by_stamp.get(stamp_ns)
+            if T_odom_cam is None:
+                return
+            T_odom_base = rtf.body_pose(T_odom_cam, self._out.T_base_cam if f.base_frame else None)
+            T = rtf.map_to_odom(T_map_base, T_odom_base)
+        else:
+            T = T_map_base
+        self._tf_pub.sendTransform(convert.transform_stamped(self._msg, T, stamp_ns, plan.parent, plan.child))
+
+    def _publish_keyframes(self, keyframes: list) -> None:
+        if "keyframes" not in self._pubs:
+            return
+        for kf in keyframes:
+            self._pubs["keyframe_info"].publish(convert.keyframe_info(self._msg, kf, self._out.camera_frame))
+            self._pubs["keyframes"].publish(convert.keyframe_cloud(self._msg, kf, self._out.camera_frame))
+
+    def _keyframe_poses_in_map(self) -> list:
+        T_map_recon = self._anchor()
+        kfs = self._recon.keyframes()[-self.ros.publish.path_max_length:]
+        return [(kf.stamp_ns, rtf.pose_in_map(T_map_recon, kf.T_world_cam)) for kf in kfs]
+
+    def _publish_path(self) -> None:
+        self._out.path_dirty = False
+        poses = self._keyframe_poses_in_map()
+        stamp = poses[-1][0] if poses else self._now_ns()
+        self._pubs["path"].publish(convert.path(self._msg, poses, stamp, self.ros.frames.map_frame))
+
+    def _maybe_publish_map(self, force: bool = False) -> None:
+        rate = self.ros.publish.map_cloud_rate_hz
+        now = self._now_ns()
+        due = rate > 0 and (now - self._out.last_map_pub_ns >= 1e9 / rate or now < self._out.last_map_pub_ns)
+        if not (force or (self._out.map_dirty and due)) or self._recon is None:
+            return
+        xyz, rgb, conf = self._recon.fused_cloud()
+        if self._out.T_map_recon is not None and len(xyz):
+            xyz = transform_points(self._out.T_map_recon, np.asarray(xyz, dtype=np.float32))
+        self._pubs["map_cloud"].publish(convert.cloud(self._msg, xyz, rgb, conf, now, self.ros.frames.map_frame))
+        self._out.map_dirty = False
+        self._out.last_map_pub_ns = now
+
+    def _do_reset(self, reason: str) -> None:
+        self._recon.reset()
+        keep_mount = self._out.T_base_cam
+        self._out = _Outputs(T_base_cam=keep_mount)
+        self._maybe_publish_map(force=True)  # an empty latched cloud clears RViz
+        self._pubs["path"].publish(convert.path(self._msg, [], self._now_ns(), self.ros.frames.map_frame))
+        self.get_logger().info(f"map reset ({reason})")
+
+    def _apply_corrections(self, poses_map: dict) -> None:
+        if self._out.T_map_recon is None or self._recon is None:
+            return
+        poses = {s: rtf.recon_from_map(self._out.T_map_recon, T) for s, T in poses_map.items()}
+        n = self._recon.apply_corrections(poses)
+        self._count("corrections_applied")
+        self.get_logger().info(f"re-anchored {n} keyframe(s) from the refiner's corrected path")
+        if n:
+            self._out.map_dirty = self._out.path_dirty = True
+            self._publish_path()
+            self._maybe_publish_map(force=True)
+
+    def _save(self) -> Optional[tuple]:
+        """Write map.ply + trajectory.tum into a new time-stamped folder; (abs dir, files, points)."""
+        if self._recon is None:
+            return None
+        n = int(self._recon.stats().get("map_points", 0))
+        if n <= 0:
+            return None
+        root = Path(os.path.expanduser(self.ros.save.directory)).resolve()
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+        directory = root / f"map_{stamp}"
+        files = self._recon.save(directory)
+        return directory, sorted(Path(p).name for p in files.values()), n
+
+    def _autosave(self) -> None:
+        try:
+            saved = self._save()
+            if saved is not None:
+                self.get_logger().info(f"autosaved the map to {saved[0]}")
+        except Exception as exc:
+            self.get_logger().error(f"autosave failed: {exc}")
+
+    # -- diagnostics -------------------------------------------------------------------------
+    def _diagnose(self, stat: DiagnosticStatusWrapper) -> DiagnosticStatusWrapper:
+        d = self.ros.diagnostics
+        last = self._last_match_ns or None
+        stats: dict = {}
+        if self._recon is not None:
+            try:
+                stats = dict(self._recon.stats())
+            except Exception:  # stats must never break diagnostics
+                stats = {}
+        worker_ms = self._worker.stats().mean_ms if self._worker is not None else 0.0
+        h = HealthInputs(
+            active=self._active, paused=self._paused, rate_hz=self._stamps.rate_hz(),
+            delay_s=self._stamps.delay_s(),
+            since_last_s=None if last is None else (self._now_ns() - last) * 1e-9,
+            counters=self.counters(), inference_ms=float(self._timings.get("total", worker_ms)),
+            map_points=int(stats.get("map_points", 0)), scale=float(stats.get("scale", 1.0)),
+            gpu_memory_mb=gpu_memory_mb(), min_rate_hz=d.min_rate_hz, max_delay_s=d.max_stamp_delay_s,
+            no_data_warn_s=d.no_data_warn_s)
+        level, message, values = health_summary(h)
+        stat.summary(level, message)
+        for k, v in values.items():
+            stat.add(k, v)
+        return stat
+
+
+def main(args: Optional[list] = None) -> None:
+    """Entry point of ``ros2 run recon_ros recon_node``."""
+    rclpy.init(args=args)
+    node = ReconNode()
+    executor = MultiThreadedExecutor(num_threads=4)
+    executor.add_node(node)
+    try:
+        if node.autostart:
+            node.trigger_configure()
+            if node._recon is not None:
+                node.trigger_activate()
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.finish()
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,239 @@
+"""recon_refiner: background global alignment and depth refinement of recon_node's keyframes.
+
+Subscribes ``keyframes`` (organised PointCloud2), ``keyframe_info`` (CameraInfo) and ``path``
+(nav_msgs/Path of keyframe camera poses); remap them to recon_node's ``~/keyframes``,
+``~/keyframe_info`` and ``~/path``. It needs only these topics, so it can run on another machine.
+
+``~/align`` and ``~/refine`` (std_srvs/Trigger) start the stage in a background thread and answer
+at once; a call while a stage runs answers that it is busy. A timer starts them periodically
+(``schedule.*_period_s``). Results: ``~/corrected_path`` (reliable, transient-local; recon_node
+re-anchors its map from it) and ``~/refined_keyframes`` (organised PointCloud2 per keyframe).
+When the refine stages cannot be built, the services answer "not configured" with the reason and
+nothing is published: no correction is ever made up.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable, Optional
+
+import numpy as np
+import rclpy
+from nav_msgs.msg import Path as PathMsg
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from sensor_msgs.msg import CameraInfo, PointCloud2
+from std_srvs.srv import Trigger
+
+from recon_ros.errors import UserInputError
+from recon_ros.geometry.camera import backproject_depth
+from recon_ros.ros import convert, params, qos
+from recon_ros.ros import tf as rtf
+from recon_ros.ros.keyframe_store import KeyframeStore
+from recon_ros.ros.schema import NodeSchema, RefinerNodeConfig, refiner_node_schema
+
+SCHEDULE_PERIOD_S = 1.0
+
+
+def default_refiner(cfg: Any) -> Any:
+    """Build the refine stages (imports torch)."""
+    from recon_ros.refine.stages import Refiner
+    return Refiner(cfg)
+
+
+class RefinerNode(Node):
+    """The background refinement node; see the module docstring."""
+
+    def __init__(self, node_name: str = "recon_refiner", *, core_cls: Optional[type] = None,
+                 refiner_factory: Optional[Callable[[Any], Any]] = None, **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
+        self._msg = convert.rclpy_types()
+        log = self.get_logger()
+        self._schema: Optional[NodeSchema] = None
+        self._refiner: Any = None
+        self.unavailable = ""  # why the stages are not available ("" when they are)
+        try:
+            self._schema = refiner_node_schema(core_cls)
+        except UserInputError as exc:
+            # Without the core config there are no core parameters; keep the ROS ones.
+            self._schema = NodeSchema(None, RefinerNodeConfig())
+            self.unavailable = str(exc)
+        params.declare_all(self, self._schema)
+        self.add_on_set_parameters_callback(params.on_set_callback(self._schema, lambda applied: None))
+        try:
+            params.read_all(self, self._schema)
+        except UserInputError as exc:
+            self.unavailable = f"bad parameter: {exc}"
+        if not self.unavailable:
+            try:
+                self._refiner = (refiner_factory or default_refiner)(self._schema.core)
+            except Exception as exc:  # missing stage, model weights, CUDA ...
+                self.unavailable = f"{type(exc).__name__}: {exc}"
+        if self.unavailable:
+            log.error(f"refine stages not configured ({self.unavailable}); ~/align and ~/refine "
+                      f"will answer with this reason")
+        r = self.ros
+        self._store = KeyframeStore(r.input.max_keyframes)
+        self._store_lock = threading.Lock()
+        self._job_lock = threading.Lock()
+        self.busy: Optional[str] = None  # name of the running stage
+        self._thread: Optional[threading.Thread] = None
+        self._last_run = {"align": time.monotonic(), "refine": time.monotonic()}
+        self.last_result: dict[str, str] = {}
+        group = MutuallyExclusiveCallbackGroup()
+        sgroup = ReentrantCallbackGroup()
+        in_qos = qos.input_qos(r.input.qos, r.input.queue_size)
+        self._subs = [
+            self.create_subscription(PointCloud2, "keyframes", self._on_cloud, in_qos, callback_group=group),
+            self.create_subscription(CameraInfo, "keyframe_info", self._on_info, in_qos, callback_group=group),
+            self.create_subscription(PathMsg, "path", self._on_path, qos.latched(), callback_group=group),
+        ]
+        self._pub_path = self.create_publisher(PathMsg, "~/corrected_path", qos.latched())
+        self._pub_refined = self.create_publisher(PointCloud2, "~/refined_keyframes", qos.stream(50))
+        self._services = [
+            self.create_service(Trigger, "~/align", self._srv_align, callback_group=sgroup),
+            self.create_service(Trigger, "~/refine", self._srv_refine, callback_group=sgroup),
+        ]
+        self._timer = self.create_timer(SCHEDULE_PERIOD_S, self._on_schedule, callback_group=group)
+
+    @property
+    def ros(self) -> RefinerNodeConfig:
+        return self._schema.ros
+
+    # -- inputs ------------------------------------------------------------------------------
+    def _on_cloud(self, msg: Any) -> None:
+        try:
+            xyz, rgb, conf = convert.cloud_arrays(msg)
+            with self._store_lock:
+                self._store.add_cloud(convert.stamp_to_ns(msg.header.stamp), str(msg.header.frame_id),
+                                      xyz, rgb, conf)
+        except UserInputError as exc:
+            self.get_logger().warning(f"skipped a keyframe cloud: {exc}", throttle_duration_sec=5.0)
+
+    def _on_info(self, msg: Any) -> None:
+        try:
+            K = convert.K_from_camera_info(msg)
+            with self._store_lock:
+                self._store.add_info(convert.stamp_to_ns(msg.header.stamp), K)
+        except UserInputError as exc:
+            self.get_logger().warning(f"skipped a keyframe_info: {exc}", throttle_duration_sec=5.0)
+
+    def _on_path(self, msg: Any) -> None:
+        with self._store_lock:
+            self._store.set_poses(convert.path_poses(msg))
+
+    # -- starting stages ---------------------------------------------------------------------
+    def start(self, stage: str) -> tuple[bool, str]:
+        """Start ``align`` or ``refine`` in the background; (started, message)."""
+        if self._refiner is None:
+            return False, f"not configured: {self.unavailable}"
+        with self._store_lock:
+            keyframes = self._store.keyframes()
+        need = self.ros.schedule.min_keyframes
+        if len(keyframes) < need:
+            return False, f"only {len(keyframes)} complete keyframe(s); {stage} needs {need}"
+        with self._job_lock:
+            if self.busy is not None:
+                return False, f"busy: {self.busy} is running"
+            self.busy = stage
+        self._last_run[stage] = time.monotonic()
+        target = self._run_align if stage == "align" else self._run_refine
+        self._thread = threading.Thread(target=self._run, args=(stage, target, keyframes),
+                                        name=f"recon_{stage}", daemon=True)
+        self._thread.start()
+        return True, f"{stage} started on {len(keyframes)} keyframes"
+
+    def wait(self, timeout: float = 30.0) -> bool:
+        """Wait for the running stage (tests, shutdown); False if still running."""
+        t = self._thread
+        if t is not None:
+            t.join(timeout)
+            return not t.is_alive()
+        return True
+
+    def _run(self, stage: str, target: Callable, keyframes: list) -> None:
+        t0 = time.perf_counter()
+        try:
+            msg = target(keyframes)
+            self.last_result[stage] = msg
+            self.get_logger().info(f"{stage}: {msg} ({(time.perf_counter() - t0):.1f} s)")
+        except Exception as exc:  # a failed stage is reported, the node keeps running
+            self.last_result[stage] = f"failed: {exc}"
+            self.get_logger().error(f"{stage} failed: {type(exc).__name__}: {exc}")
+        finally:
+            with self._job_lock:
+                self.busy = None
+
+    def _run_align(self, keyframes: list) -> str:
+        result = self._refiner.align(keyframes)
+        corrections = result.corrections
+        by_id = {kf.id: kf for kf in keyframes}
+        poses = [(by_id[i].stamp_ns, rtf.apply_correction(C, by_id[i].T_world_cam))
+                 for i, C in corrections.items() if i in by_id]
+        poses.sort(key=lambda p: p[0])
+        if not poses:
+            return "no corrections"
+        self._pub_path.publish(convert.path(self._msg, poses, poses[-1][0], self.ros.schedule.map_frame))
+        return f"published corrected poses of {len(poses)} keyframes"
+
+    def _run_refine(self, keyframes: list) -> str:
+        refined = self._refiner.refine(keyframes)
+        by_id = {kf.id: kf for kf in keyframes}
+        n = 0
+        for i, rd in refined.items():
+            kf = by_id.get(i)
+            depth = getattr(rd, "depth", None)
+            if kf is None or depth is None:
+                continue
+            conf = getattr(rd, "confidence", None)
+            conf = kf.confidence if conf is None else conf
+            pts = backproject_depth(depth, kf.K)
+            with self._store_lock:
+                frame_id = self._store.frame_id(kf.stamp_ns)
+            self._pub_refined.publish(convert.cloud(self._msg, pts, kf.colors, np.asarray(conf, np.float32),
+                                                    kf.stamp_ns, frame_id))
+            n += 1
+        return f"published {n} refined keyframes"
+
+    # -- services and schedule ---------------------------------------------------------------
+    def _srv_align(self, request: Any, response: Any) -> Any:
+        response.success, response.message = self.start("align")
+        return response
+
+    def _srv_refine(self, request: Any, response: Any) -> Any:
+        response.success, response.message = self.start("refine")
+        return response
+
+    def _on_schedule(self) -> None:
+        if self._refiner is None or self.busy is not None:
+            return
+        s = self.ros.schedule
+        now = time.monotonic()
+        for stage, period in (("align", s.align_period_s), ("refine", s.refine_period_s)):
+            if period > 0 and now - self._last_run[stage] >= period:
+                ok, msg = self.start(stage)
+                if not ok:
+                    self._last_run[stage] = now  # try again one period later
+                    self.get_logger().debug(f"scheduled {stage} not started: {msg}")
+                return
+
+
+def main(args: Optional[list] = None) -> None:
+    """Entry point of ``ros2 run recon_ros recon_refiner``."""
+    rclpy.init(args=args)
+    node = RefinerNode()
+    executor = MultiThreadedExecutor(num_threads=3)
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.wait(timeout=5.0)
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""Test doubles of the core for the node tests: FakeCoreConfig, FakeReconstructor, FakeRefiner.
+
+They follow the contracts the nodes are written against (``Reconstructor.process`` -> StepResult,
+``fused_cloud``, ``keyframes``, ``apply_corrections``, ``save`` ...; ``Refiner.align`` /
+``refine``) with trivially predictable outputs: the camera of frame i sits at
+``(0, 0, step_m * i)`` in ``recon_world`` (forward along the optical axis) and sees a small
+fronto-parallel grid of points 2 m ahead. They are not reconstructions; they let the tests
+compute every expected output independently.
+"""
+from __future__ import annotations
+
+import io
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from recon_ros.config import group, param
+from recon_ros.geometry.camera import PixelMap, make_K
+from recon_ros.geometry.transforms import make_T, transform_points
+from recon_ros.io.atomic import write_text_atomic
+from recon_ros.mapping.frame import Frame, FrameEstimate, Keyframe
+
+GRID_H, GRID_W = 4, 5
+
+
+@dataclass
+class _FakeModel:
+    """Model."""
+
+    device: str = param("cpu", "torch device")
+    checkpoint: str = param("", "checkpoint path")
+
+
+@dataclass
+class _FakeMap:
+    """Map."""
+
+    voxel_size_m: float = param(0.02, "voxel edge", min=0.001, max=1.0, dynamic=True)
+    max_points: int = param(100000, "cap", min=1, max=10_000_000, dynamic=True)
+
+
+@dataclass
+class FakeCoreConfig:
+    """Test double of the core ReconConfig (two groups, one dynamic parameter each)."""
+
+    model: _FakeModel = group(_FakeModel)
+    map: _FakeMap = group(_FakeMap)
+
+
+@dataclass
+class FakeStepResult:
+    estimates: list
+    provisional: Optional[FrameEstimate]
+    new_keyframes: list
+    map_changed: bool
+    timings_ms: dict = field(default_factory=dict)
+
+
+def camera_pose(i: int, step_m: float = 0.1) -> np.ndarray:
+    """T_recon_cam of frame number i (after the last reset)."""
+    return make_T(np.eye(3), [0.0, 0.0, step_m * i])
+
+
+def grid_points_cam() -> np.ndarray:
+    u, v = np.meshgrid(np.arange(GRID_W, dtype=np.float32), np.arange(GRID_H, dtype=np.float32))
+    return np.stack([0.1 * u, 0.1 * v, np.full_like(u, 2.0)], axis=-1)
+
+
+class FakeReconstructor:
+    """Test double of the core Reconstructor. ``delay_s`` makes ``process`` slow like a GPU model."""
+
+    def __init__(self, cfg, delay_s: float = 0.0, keyframe_every: int = 2) -> None:
+        self.cfg = cfg
+        self.delay_s = delay_s
+        self.keyframe_every = keyframe_every
+        self.processed: list[int] = []  # stamps, in processing order
+        self.frames: list[Frame] = []
+        self.resets = 0
+        self.corrections: list[dict] = []
+        self.threads: set[str] = set()
+        self._kfs: list[Keyframe] = []
+        self._points: list[np.ndarray] = []
+        self._n = 0
+
+    @property
+    def scale(self) -> float:
+        return 1.0
+
+    def process(self, frame: Frame) -> FakeStepResult:
+        self.threads.add(threading.current_thread().name)
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        i = self._n
+        self._n += 1
+        self.processed.append(frame.stamp_ns)
+        self.frames.append(frame)
+        T = camera_pose(i)
+        pts_cam = grid_points_cam()
+        pts = transform_points(T, pts_cam)
+        conf = np.full((GRID_H, GRID_W), 3.0, np.float32)
+        colors = np.full((GRID_H, GRID_W, 3), 200, np.uint8)
+        K = make_K(10.0, 10.0, 2.0, 1.5)
+        est = FrameEstimate(stamp_ns=frame.stamp_ns, index=i, points=pts, confidence=conf, colors=colors,
+                            T_world_cam=T, K_model=K, pixel_map=PixelMap.identity(GRID_W, GRID_H), frame=frame)
+        self._points.append(pts.reshape(-1, 3))
+        new = []
+        if i % self.keyframe_every == 0:
+            kf = Keyframe(id=len(self._kfs), stamp_ns=frame.stamp_ns, rgb=colors, points_cam=pts_cam,
+                          confidence=conf, colors=colors, K=K, K_image=K,
+                          pixel_map=PixelMap.identity(GRID_W, GRID_H), T_world_cam=T,
+                          valid=np.ones((GRID_H, GRID_W), bool))
+            self._kfs.append(kf)
+            new.append(kf)
+        return FakeStepResult([est], None, new, True, {"total": 1.0})
+
+    def flush(self) -> FakeStepResult:
+        return FakeStepResult([], None, [], False)
+
+    def reset(self) -> None:
+        self.resets += 1
+        self._n = 0
+        self._kfs, self._points = [], []
+
+    def fused_cloud(self):
+        if not self._points:
+            return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8), np.zeros(0, np.float32)
+        xyz = np.concatenate(self._points).astype(np.float32)
+        return xyz, np.full((len(xyz), 3), 200, np.uint8), np.full(len(xyz), 3.0, np.float32)
+
+    def trajectory(self):
+        return [(kf.stamp_ns, kf.T_world_cam) for kf in self._kfs]
+
+    def keyframes(self):
+        return list(self._kfs)
+
+    def apply_corrections(self, poses: dict) -> int:
+        self.corrections.append(poses)
+        n = 0
+        for kf in self._kfs:
+            if kf.stamp_ns in poses:
+                kf.T_world_cam = poses[kf.stamp_ns]
+                n += 1
+        return n
+
+    def save(self, directory) -> dict:
+        directory = Path(directory)
+        xyz, _, _ = self.fused_cloud()
+        buf = io.StringIO()
+        np.savetxt(buf, xyz, fmt="%.6f")
+        ply = write_text_atomic(directory / "map.ply", "ply\nformat ascii 1.0\nelement vertex %d\n"
+                                "property float x\nproperty float y\nproperty float z\nend_header\n"
+                                % len(xyz) + buf.getvalue())
+        traj = self.trajectory()
+        rows = np.array([[s * 1e-9, T[0, 3], T[1, 3], T[2, 3], 0, 0, 0, 1] for s, T in traj]).reshape(-1, 8)
+        buf = io.StringIO()
+        np.savetxt(buf, rows, fmt="%.9f")
+        tum = write_text_atomic(directory / "trajectory.tum", buf.getvalue())
+        return {"map": ply, "trajectory": tum}
+
+    def stats(self) -> dict:
+        return {"frames": float(self._n), "keyframes": float(len(self._kfs)),
+                "map_points": float(sum(len(p) for p in self._points)), "scale": 1.0}
+
+
+@dataclass
+class FakeAlignResult:
+    corrections: dict
+    stats: dict
+
+
+@dataclass
+class FakeRefinedDepth:
+    depth: np.ndarray
+    confidence: Optional[np.ndarray] = None
+
+
+class FakeRefiner:
+    """Test double of refine.stages.Refiner: a fixed correction (a shift) for every keyframe;
+    ``refine`` returns each keyframe's depth plus ``depth_offset_m``. ``gate`` (an Event), when
+    given, holds ``align`` until it is set, to observe the busy state."""
+
+    def __init__(self, cfg, shift=(0.0, 0.0, 0.5), depth_offset_m: float = 0.1,
+                 gate: Optional[threading.Event] = None) -> None:
+        self.cfg = cfg
+        self.C = make_T(np.eye(3), shift)
+        self.depth_offset_m = depth_offset_m
+        self.gate = gate
+        self.calls: list[str] = []
+
+    def align(self, keyframes) -> FakeAlignResult:
+        self.calls.append("align")
+        if self.gate is not None:
+            self.gate.wait(10.0)
+        return FakeAlignResult({kf.id: self.C for kf in keyframes}, {"keyframes": len(keyframes)})
+
+    def refine(self, keyframes) -> dict:
+        self.calls.append("refine")
+        return {kf.id: FakeRefinedDepth(depth=np.where(kf.valid, kf.points_cam[..., 2] + self.depth_offset_m, 0.0)
+                                        .astype(np.float32)) for kf in keyframes}

@@ -1,0 +1,1 @@
+"""Test double for rcl_interfaces."""

@@ -1,0 +1,4 @@
+"""Test double: std_msgs message classes from the rosbags typestore."""
+from _rosbags_msgs import package_types
+
+globals().update(package_types("std_msgs"))

@@ -1,0 +1,1 @@
+"""Test double for std_srvs."""

@@ -1,0 +1,451 @@
+"""recon_node wiring, exercised WITHOUT ROS 2 through the in-repo rclpy stand-in.
+
+The stand-in (test/rclpy_standin, a test double) records publishers, subscriptions, services and
+timers; these tests drive the node's callbacks directly with real message objects (rosbags
+classes), use FakeReconstructor (a test double of the core with predictable poses), and check what
+the node publishes against independently computed values. They verify our wiring and our
+assumptions about the rclpy API, not ROS itself (QoS matching, executors and real TF timing are
+for launch_testing on a ROS machine).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recon_ros.geometry.transforms import R_BODY_OPTICAL, invert_T, make_T, rotvec_to_matrix
+from recon_ros.io import messages as M
+
+from rclpy_standin import installed
+from rclpy_standin.doubles import FakeCoreConfig, FakeReconstructor, camera_pose
+
+T = M.rosbags_types()
+W, H = 32, 24
+CAM = "camera_color_optical_frame"
+K = np.array([[30.0, 0, 15.5], [0, 30.0, 11.5], [0, 0, 1]])
+NS = "/recon_node"
+
+
+@pytest.fixture
+def ros():
+    """Install the rclpy stand-in for one test and import the node module under it."""
+    with installed():
+        import recon_ros.ros.recon_node as recon_node
+        yield recon_node
+
+
+def make_node(ros, *, delay_s=0.0, overrides=None, factory=None):
+    from rclpy.parameter import Parameter
+    made = {}
+
+    def build(cfg):
+        made["recon"] = FakeReconstructor(cfg, delay_s=delay_s)
+        return made["recon"]
+
+    ov = {"save.on_shutdown": False}
+    ov.update(overrides or {})
+    node = ros.ReconNode(core_cls=FakeCoreConfig, reconstructor_factory=factory or build,
+                         parameter_overrides=[Parameter(name=k, value=v) for k, v in ov.items()])
+    node.get_clock().set_ns(1_000_000_000_000)
+    return node, made
+
+
+def start(ros, **kw):
+    node, made = make_node(ros, **kw)
+    assert node.trigger_configure() == 97 and node.state_label == "inactive"
+    assert node.trigger_activate() == 97 and node.state_label == "active"
+    return node, made["recon"]
+
+
+def image_msg(stamp_ns, w=W, h=H, encoding="rgb8", value=100):
+    if encoding == "rgb8":
+        arr = np.full((h, w, 3), value, np.uint8)
+    elif encoding == "32FC1":
+        arr = np.ones((h, w), np.float32)
+    return M.make_image(T, arr, encoding, stamp_ns, CAM)
+
+
+def info_msg(stamp_ns, w=W, h=H):
+    return M.make_camera_info(T, K, w, h, stamp_ns, CAM)
+
+
+def feed(node, stamp_ns, **kw):
+    """Deliver a matching image + camera_info pair the way the executor would."""
+    node.get_clock().set_ns(stamp_ns + 5_000_000)
+    node.subscriptions["/camera_info"].callback(info_msg(stamp_ns, w=kw.get("w", W), h=kw.get("h", H)))
+    node.subscriptions["/image"].callback(image_msg(stamp_ns, **kw))
+    node.subscriptions["/camera_info"].callback(info_msg(stamp_ns + 25_000_000))  # decides the match
+
+
+def settle(node):
+    assert node._worker.wait_idle(10.0)
+
+
+def pub(node, name):
+    return node.publishers[f"{NS}/{name}"]
+
+
+def stamp(i):
+    return 2_000_000_000 + i * 33_000_000
+
+
+# -- lifecycle ------------------------------------------------------------------------------------
+def test_lifecycle_creates_and_releases_everything(ros):
+    node, made = make_node(ros)
+    assert "recon" not in made and not node.publishers and not node.subscriptions  # nothing before configure
+    node.trigger_configure()
+    assert "recon" in made
+    for name in ("map_cloud", "frame_cloud", "pose", "odom", "path", "keyframes", "keyframe_info"):
+        assert f"{NS}/{name}" in node.publishers
+    assert {f"{NS}/save_map", f"{NS}/reset", f"{NS}/set_paused"} <= set(node.services)
+    assert not node.subscriptions  # inactive: not listening
+    node.trigger_activate()
+    assert set(node.subscriptions) == {"/image", "/camera_info", "/corrected_path"}
+    from rclpy.qos import QoSDurabilityPolicy, QoSReliabilityPolicy
+    assert node.subscriptions["/image"].qos.reliability == QoSReliabilityPolicy.BEST_EFFORT  # sensor data
+    assert pub(node, "map_cloud").qos.durability == QoSDurabilityPolicy.TRANSIENT_LOCAL
+    assert pub(node, "map_cloud").qos.reliability == QoSReliabilityPolicy.RELIABLE
+    assert pub(node, "path").qos.durability == QoSDurabilityPolicy.TRANSIENT_LOCAL
+    info = " ".join(node.get_logger().messages("info"))
+    assert "/image" in info and "/camera_info" in info and "slop" in info  # topics, QoS, sync logged
+    node.trigger_deactivate()
+    assert not node.subscriptions
+    worker = node._worker
+    node.trigger_cleanup()
+    assert node._recon is None and not worker.running and not node.publishers and not node.services
+
+
+def test_configure_failure_is_reported_and_recoverable(ros):
+    def broken(cfg):
+        raise FileNotFoundError("checkpoint /nope.pth not found")
+
+    node, _ = make_node(ros, factory=broken)
+    assert node.trigger_configure() == 98
+    assert node.state_label == "unconfigured"
+    assert any("/nope.pth" in m for m in node.get_logger().messages("error"))
+
+
+def test_compressed_transport_and_depth_subscriptions(ros):
+    node, _ = start(ros, overrides={"input.image_transport": "compressed", "input.use_depth": True,
+                                    "input.qos": "reliable"})
+    assert {"/image/compressed", "/camera_info", "/depth"} <= set(node.subscriptions)
+    from rclpy.qos import QoSReliabilityPolicy
+    assert node.subscriptions["/depth"].qos.reliability == QoSReliabilityPolicy.RELIABLE
+    node.trigger_deactivate()
+    node.trigger_cleanup()
+
+
+# -- parameters -----------------------------------------------------------------------------------
+def test_parameters_declared_from_schema_with_ranges(ros):
+    from recon_ros.config import iter_params
+    from recon_ros.ros.schema import ReconNodeConfig
+    node, _ = make_node(ros)
+    specs = list(iter_params(FakeCoreConfig)) + list(iter_params(ReconNodeConfig))
+    for spec in specs:
+        d = node.describe_parameter(spec.name)
+        assert d.read_only == (not spec.dynamic), spec.name
+        assert spec.doc.split()[0] in d.description
+        if spec.type is float and spec.max is not None:
+            assert d.floating_point_range[0].to_value == spec.max
+        if spec.type is int and spec.min is not None:
+            assert d.integer_range[0].from_value == spec.min
+
+
+def test_dynamic_parameter_validation(ros):
+    from rclpy.parameter import Parameter
+    node, recon = start(ros)
+    ok = node.set_parameters([Parameter(name="map.voxel_size_m", value=0.05)])[0]
+    assert ok.successful and recon.cfg.map.voxel_size_m == 0.05  # core config shared with the core
+    ok = node.set_parameters([Parameter(name="publish.map_cloud_rate_hz", value=2)])[0]
+    assert ok.successful and node.ros.publish.map_cloud_rate_hz == 2.0
+    bad = node.set_parameters([Parameter(name="map.voxel_size_m", value=5.0)])[0]
+    assert not bad.successful and "1.0" in bad.reason and recon.cfg.map.voxel_size_m == 0.05
+    bad = node.set_parameters([Parameter(name="input.process_every_n", value=0)])[0]
+    assert not bad.successful and node.ros.input.process_every_n == 1
+    # A read-only one is refused by the descriptor and, independently, by the schema check.
+    assert not node.set_parameters([Parameter(name="input.qos", value="reliable")])[0].successful
+    assert node._schema.check_runtime_change({"input.qos": "reliable"}) is not None
+
+
+def test_bad_override_fails_configure(ros):
+    node, _ = make_node(ros, overrides={"input.qos": "fastest"})
+    assert node.trigger_configure() == 98
+    assert any("input.qos" in m for m in node.get_logger().messages("error"))
+
+
+# -- the pipeline ---------------------------------------------------------------------------------
+def test_frames_flow_to_outputs_in_map_frame(ros):
+    node, recon = start(ros)
+    pub(node, "frame_cloud").subscribers = 1
+    for i in range(4):
+        feed(node, stamp(i))
+        settle(node)
+    assert recon.processed == [stamp(i) for i in range(4)]
+    assert np.allclose(recon.frames[0].K, K) and recon.frames[0].rgb.shape == (H, W, 3)
+    assert "recon_gpu" in recon.threads  # inference ran on the worker, not in a callback
+    T_map_recon = make_T(R_BODY_OPTICAL, np.zeros(3))  # no base frame: optical -> z-up
+    poses = pub(node, "pose").messages
+    assert len(poses) == 4
+    for i, msg in enumerate(poses):
+        assert M.stamp_to_ns(msg.header.stamp) == stamp(i) and msg.header.frame_id == "map"
+        expected = T_map_recon @ camera_pose(i)
+        assert np.allclose(M.pose_to_matrix(msg), expected, atol=1e-9)
+        # The camera moves along its optical axis = forward = +x in map.
+        assert np.isclose(msg.pose.position.x, 0.1 * i)
+    odom = pub(node, "odom").messages[-1]
+    assert odom.child_frame_id == CAM and odom.header.frame_id == "map"
+    # TF: static map -> recon_world, dynamic map -> camera frame (no base/odom configured).
+    static = node._tf_static_pub.sent
+    assert [(s.header.frame_id, s.child_frame_id) for s in static] == [("map", "recon_world")]
+    assert np.allclose(M.transform_to_matrix(static[0]), T_map_recon)
+    dyn = node._tf_pub.sent
+    assert {(s.header.frame_id, s.child_frame_id) for s in dyn} == {("map", CAM)}
+    # Keyframes every 2nd frame: organised cloud in the camera frame + matching info + path.
+    kfs = pub(node, "keyframes").messages
+    infos = pub(node, "keyframe_info").messages
+    assert [M.stamp_to_ns(k.header.stamp) for k in kfs] == [stamp(0), stamp(2)]
+    assert [M.stamp_to_ns(k.header.stamp) for k in infos] == [stamp(0), stamp(2)]
+    assert kfs[0].height == 4 and kfs[0].width == 5 and kfs[0].header.frame_id == CAM
+    path = pub(node, "path").messages[-1]
+    assert [M.stamp_to_ns(p.header.stamp) for p in path.poses] == [stamp(0), stamp(2)]
+    assert np.allclose(M.pose_to_matrix(path.poses[1]), T_map_recon @ camera_pose(2))
+    # Map cloud: rate-limited, in map, all fused points transformed.
+    maps = pub(node, "map_cloud").messages
+    assert len(maps) == 1  # 1 Hz: the frames came within 0.1 s
+    node.get_clock().set_ns(stamp(3) + 2_000_000_000)
+    node._housekeeping()  # the pending (dirty) map goes out once it is due
+    settle(node)
+    assert len(maps) == 2
+    xyz = M.pointcloud2_to_xyz(maps[-1])["points"].reshape(-1, 3)
+    assert maps[-1].header.frame_id == "map"
+    fused = recon.fused_cloud()[0]
+    assert len(xyz) == len(fused)
+    assert np.allclose(xyz, fused @ R_BODY_OPTICAL.T, atol=1e-5)
+    assert len(pub(node, "frame_cloud").messages) == 4
+
+
+def test_frame_cloud_only_with_subscribers(ros):
+    node, _ = start(ros)
+    feed(node, stamp(0))
+    settle(node)
+    assert not pub(node, "frame_cloud").messages
+    pub(node, "frame_cloud").subscribers = 1
+    feed(node, stamp(1))
+    settle(node)
+    assert len(pub(node, "frame_cloud").messages) == 1
+
+
+def test_latest_frame_wins_under_a_slow_model(ros):
+    node, recon = start(ros, delay_s=0.15)
+    n = 12
+    for i in range(n):
+        feed(node, stamp(i))  # returns at once although the model is busy
+        time.sleep(0.03)  # a 30 Hz camera
+    settle(node)
+    st = node._worker.stats()
+    assert st.submitted == n
+    assert st.processed + st.dropped == n
+    assert 2 <= st.processed < n and st.dropped > 0
+    assert recon.processed[-1] == stamp(n - 1)  # the newest frame is always processed
+    assert recon.processed == sorted(recon.processed)
+    assert node.counters()["dropped_busy"] == st.dropped
+
+
+def test_process_every_n(ros):
+    from rclpy.parameter import Parameter
+    node, recon = start(ros)
+    assert node.set_parameters([Parameter(name="input.process_every_n", value=3)])[0].successful
+    for i in range(7):
+        feed(node, stamp(i))
+        settle(node)
+    assert recon.processed == [stamp(0), stamp(3), stamp(6)]
+
+
+def test_frames_wait_for_tf_and_time_out(ros):
+    node, recon = start(ros, overrides={"frames.odom_frame": "odom", "frames.base_frame": "base_link",
+                                        "frames.tf_timeout_s": 0.2})
+    feed(node, stamp(0))
+    node._poll_tf()
+    settle(node)
+    assert recon.processed == [] and len(node._tf_queue) == 1  # waiting, not blocking, not dropped
+    node.get_clock().set_ns(stamp(0) + 500_000_000)  # past the timeout
+    node._poll_tf()
+    assert node.counters()["tf_timeouts"] == 1 and len(node._tf_queue) == 0
+    assert any("tf_timeout_s" in m for m in node.get_logger().messages("warning"))
+    # Now provide the mounting and odometry: the next frame goes through.
+    buf = node._tf_buffer
+    T_base_cam = make_T(R_BODY_OPTICAL, [0.2, 0.0, 0.5])
+    buf.set_transform_static(M.make_transform_stamped(T, T_base_cam, "base_link", CAM, 0))
+    T_odom_base = make_T(rotvec_to_matrix([0, 0, 0.3]), [1.0, 2.0, 0.0])
+    buf.set_transform(M.make_transform_stamped(T, T_odom_base, "odom", "base_link", stamp(1) + 10_000_000))
+    # The buffer only resolves direct pairs: give odom <- camera as odom <- base <- camera.
+    buf.set_transform(M.make_transform_stamped(T, T_odom_base @ T_base_cam, "odom", CAM, stamp(1) + 10_000_000))
+    feed(node, stamp(1))
+    node._poll_tf()
+    settle(node)
+    assert recon.processed == [stamp(1)]
+    assert np.allclose(recon.frames[0].T_odom_cam, T_odom_base @ T_base_cam)
+    # map is the body's first pose: T_map_recon = T_base_cam, so T_map_base(first) = identity.
+    pose = M.pose_to_matrix(pub(node, "pose").messages[-1])
+    assert np.allclose(pose, np.eye(4), atol=1e-9)
+    tf = node._tf_pub.sent[-1]
+    assert (tf.header.frame_id, tf.child_frame_id) == ("map", "odom")
+    T_map_odom = M.transform_to_matrix(tf)
+    assert np.allclose(T_map_odom @ T_odom_base, pose, atol=1e-9)  # map -> odom -> base = estimate
+    static = node._tf_static_pub.sent[-1]
+    assert np.allclose(M.transform_to_matrix(static), T_base_cam, atol=1e-9)
+
+
+def test_time_jump_backwards_resets_cleanly(ros):
+    node, recon = start(ros)
+    for i in range(5):
+        feed(node, stamp(100 + i))
+        settle(node)
+    assert recon.resets == 0 and len(pub(node, "pose").messages) == 5
+    feed(node, stamp(0))  # the bag looped
+    settle(node)
+    feed(node, stamp(1))
+    settle(node)
+    assert recon.resets == 1
+    assert recon.processed[-2:] == [stamp(0), stamp(1)]  # frames after the jump are mapped
+    assert node.counters()["time_jumps"] == 1
+    assert any("jumped backwards" in m for m in node.get_logger().messages("warning"))
+    assert node._tf_buffer.cleared == 1
+    # The map restarted: the first pose after the jump is the origin again.
+    assert np.allclose(M.pose_to_matrix(pub(node, "pose").messages[-2])[:3, 3], 0.0)
+    empty = [m for m in pub(node, "map_cloud").messages if m.width * m.height == 0]
+    assert empty, "an empty latched map is published so that RViz clears"
+
+
+def test_bad_messages_are_counted_and_skipped(ros):
+    node, recon = start(ros)
+    feed(node, stamp(0))
+    settle(node)
+    # Wrong encoding on the colour topic.
+    node.get_clock().set_ns(stamp(1))
+    node.subscriptions["/camera_info"].callback(info_msg(stamp(1)))
+    node.subscriptions["/image"].callback(image_msg(stamp(1), encoding="32FC1"))
+    node.subscriptions["/camera_info"].callback(info_msg(stamp(1) + 25_000_000))
+    settle(node)
+    # Size change mid-stream (camera_info follows the new size, so it is the image size that is refused).
+    feed(node, stamp(2), w=W * 2, h=H * 2)
+    settle(node)
+    # A truncated image.
+    broken = image_msg(stamp(3))
+    broken.data = broken.data[:10]
+    node.subscriptions["/camera_info"].callback(info_msg(stamp(3)))
+    node.subscriptions["/image"].callback(broken)
+    node.subscriptions["/camera_info"].callback(info_msg(stamp(3) + 25_000_000))
+    settle(node)
+    # A message without a header.
+    node.subscriptions["/image"].callback(object())
+    feed(node, stamp(4))
+    settle(node)
+    assert recon.processed == [stamp(0), stamp(4)]
+    c = node.counters()
+    assert c["bad_messages"] == 4 and c.get("errors", 0) == 0
+    warnings = " ".join(node.get_logger().messages("warning"))
+    assert "32FC1" in warnings and "size changed" in warnings
+
+
+# -- services -------------------------------------------------------------------------------------
+def test_save_map_writes_atomically_and_returns_absolute_path(ros, tmp_path):
+    from std_srvs.srv import Trigger
+    node, recon = start(ros, overrides={"save.directory": str(tmp_path / "maps")})
+    empty = node.services[f"{NS}/save_map"].call(Trigger.Request())
+    assert not empty.success and "empty" in empty.message
+    for i in range(3):
+        feed(node, stamp(i))
+        settle(node)
+    resp = node.services[f"{NS}/save_map"].call(Trigger.Request())
+    assert resp.success
+    out = Path(resp.message)
+    assert out.is_absolute() and out.parent == (tmp_path / "maps").resolve()
+    assert sorted(p.name for p in out.iterdir()) == ["map.ply", "trajectory.tum"]
+    assert "element vertex 60" in (out / "map.ply").read_text()
+
+
+def test_reset_and_pause_services(ros):
+    from std_srvs.srv import SetBool, Trigger
+    node, recon = start(ros)
+    feed(node, stamp(0))
+    settle(node)
+    r = node.services[f"{NS}/set_paused"].call(SetBool.Request(data=True))
+    assert r.success and r.message == "paused"
+    feed(node, stamp(1))
+    settle(node)
+    assert recon.processed == [stamp(0)] and node.counters()["paused"] == 1
+    node.services[f"{NS}/set_paused"].call(SetBool.Request(data=False))
+    feed(node, stamp(2))
+    settle(node)
+    assert recon.processed == [stamp(0), stamp(2)]
+    r = node.services[f"{NS}/reset"].call(Trigger.Request())
+    assert r.success and recon.resets == 1
+    assert pub(node, "path").messages[-1].poses == []
+
+
+def test_services_answer_when_not_configured(ros):
+    node, _ = start(ros)
+    node.trigger_deactivate()
+    save = node._srv_save_map
+    node.trigger_cleanup()
+    from std_srvs.srv import Trigger
+    resp = save(Trigger.Request(), Trigger.Response())
+    assert not resp.success and "not configured" in resp.message
+
+
+def test_corrected_path_re_anchors_keyframes(ros):
+    node, recon = start(ros)
+    for i in range(4):
+        feed(node, stamp(i))
+        settle(node)
+    T_map_recon = make_T(R_BODY_OPTICAL, np.zeros(3))
+    shift = make_T(np.eye(3), [0.0, 1.0, 0.0])  # the refiner moved every keyframe 1 m left
+    corrected = [(stamp(i), shift @ T_map_recon @ camera_pose(i)) for i in (0, 2)]
+    node.subscriptions["/corrected_path"].callback(M.make_path(T, corrected, "map", stamp(2)))
+    settle(node)
+    got = recon.corrections[-1]
+    assert sorted(got) == [stamp(0), stamp(2)]
+    for s, T_map in corrected:  # handed to the core in recon_world
+        assert np.allclose(got[s], invert_T(T_map_recon) @ T_map, atol=1e-9)
+    path = pub(node, "path").messages[-1]
+    assert np.allclose(M.pose_to_matrix(path.poses[1]), corrected[1][1], atol=1e-9)
+    assert node.counters()["corrections_applied"] == 1
+
+
+# -- diagnostics, shutdown ------------------------------------------------------------------------
+def test_diagnostics_report_health(ros):
+    node, recon = start(ros)
+    status = node._diag.force_update()[0]
+    assert status.level == 2 and "no matched input" in status.message
+    for i in range(3):
+        feed(node, stamp(i))
+        settle(node)
+    node.get_clock().set_ns(stamp(2) + 10_000_000)
+    status = node._diag.force_update()[0]
+    assert status.level in (0, 1), status.message
+    assert status.values["map points"] == "60" and status.values["processed"] == "3"
+    assert "input rate (Hz)" in status.values and "GPU memory (MB)" in status.values
+
+
+def test_no_data_warning_names_topics_and_counts(ros):
+    node, _ = start(ros)
+    node.subscriptions["/image"].callback(image_msg(stamp(0)))  # an image, never its camera_info
+    node.get_clock().set_ns(node._activated_ns + 6_000_000_000)
+    node._housekeeping()
+    msg = node.get_logger().messages("warning")[-1]
+    assert "/image" in msg and "/camera_info" in msg and "image=1" in msg and "sensor_data" in msg
+
+
+def test_autosave_on_shutdown(ros, tmp_path):
+    node, recon = start(ros, overrides={"save.directory": str(tmp_path), "save.on_shutdown": True})
+    for i in range(2):
+        feed(node, stamp(i))
+        settle(node)
+    node.finish()
+    saved = list(tmp_path.glob("map_*/map.ply"))
+    assert len(saved) == 1
+    node.finish()  # idempotent
+    assert len(list(tmp_path.glob("map_*"))) == 1

@@ -1,0 +1,135 @@
+"""recon_refiner wiring, exercised WITHOUT ROS 2 through the in-repo rclpy stand-in.
+
+Keyframe messages are the ones recon_node publishes (built by the same conversions from
+FakeReconstructor keyframes, a test double); FakeRefiner (a test double of the refine stages)
+returns a known correction, so the corrected path can be checked independently.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from recon_ros.io import messages as M
+
+from rclpy_standin import installed
+from rclpy_standin.doubles import FakeCoreConfig, FakeRefiner, camera_pose, grid_points_cam
+
+T = M.rosbags_types()
+NS = "/recon_refiner"
+CAM = "cam_optical"
+K = np.array([[10.0, 0, 2.0], [0, 10.0, 1.5], [0, 0, 1]])
+
+
+@pytest.fixture
+def ros():
+    with installed():
+        import recon_ros.ros.refiner_node as refiner_node
+        yield refiner_node
+
+
+def make(ros, factory=None, overrides=None):
+    from rclpy.parameter import Parameter
+    made = {}
+
+    def build(cfg):
+        made["r"] = FakeRefiner(cfg)
+        return made["r"]
+
+    node = ros.RefinerNode(core_cls=FakeCoreConfig, refiner_factory=factory or build,
+                           parameter_overrides=[Parameter(name=k, value=v) for k, v in (overrides or {}).items()])
+    return node, made.get("r")
+
+
+def send_keyframes(node, n):
+    from recon_ros.ros import convert
+    from recon_ros.mapping.frame import Keyframe
+    from recon_ros.geometry.camera import PixelMap
+    pts = grid_points_cam()
+    poses = []
+    for i in range(n):
+        s = 1_000_000_000 + i * 100_000_000
+        kf = Keyframe(id=i, stamp_ns=s, rgb=np.zeros((4, 5, 3), np.uint8), points_cam=pts,
+                      confidence=np.full((4, 5), 2.0, np.float32), colors=np.full((4, 5, 3), 9, np.uint8),
+                      K=K, K_image=K, pixel_map=PixelMap.identity(5, 4), T_world_cam=camera_pose(i),
+                      valid=np.ones((4, 5), bool))
+        node.subscriptions["/keyframes"].callback(convert.keyframe_cloud(T, kf, CAM))
+        node.subscriptions["/keyframe_info"].callback(convert.keyframe_info(T, kf, CAM))
+        poses.append((s, camera_pose(i)))
+    node.subscriptions["/path"].callback(M.make_path(T, poses, "map", poses[-1][0]))
+    return poses
+
+
+def test_interface(ros):
+    node, _ = make(ros)
+    assert set(node.subscriptions) == {"/keyframes", "/keyframe_info", "/path"}
+    assert {f"{NS}/corrected_path", f"{NS}/refined_keyframes"} <= set(node.publishers)
+    assert {f"{NS}/align", f"{NS}/refine"} <= set(node.services)
+    from rclpy.qos import QoSDurabilityPolicy
+    assert node.publishers[f"{NS}/corrected_path"].qos.durability == QoSDurabilityPolicy.TRANSIENT_LOCAL
+
+
+def test_align_publishes_corrected_path(ros):
+    node, refiner = make(ros)
+    poses = send_keyframes(node, 4)
+    resp = node.services[f"{NS}/align"].call()
+    assert resp.success and "4 keyframes" in resp.message
+    assert node.wait(10.0)
+    out = node.publishers[f"{NS}/corrected_path"].messages[-1]
+    assert out.header.frame_id == "map"
+    assert [M.stamp_to_ns(p.header.stamp) for p in out.poses] == [s for s, _ in poses]
+    for p, (_, T0) in zip(out.poses, poses):
+        assert np.allclose(M.pose_to_matrix(p), refiner.C @ T0, atol=1e-9)
+
+
+def test_refine_publishes_refined_keyframes(ros):
+    node, refiner = make(ros)
+    send_keyframes(node, 3)
+    assert node.services[f"{NS}/refine"].call().success
+    assert node.wait(10.0)
+    msgs = node.publishers[f"{NS}/refined_keyframes"].messages
+    assert len(msgs) == 3 and msgs[0].header.frame_id == CAM and msgs[0].height == 4
+    z = M.pointcloud2_to_xyz(msgs[0])["points"][..., 2]
+    assert np.allclose(z, grid_points_cam()[..., 2] + refiner.depth_offset_m)
+
+
+def test_busy_and_too_few_keyframes(ros):
+    gate = threading.Event()
+    node, refiner = make(ros, factory=lambda cfg: FakeRefiner(cfg, gate=gate))
+    send_keyframes(node, 2)
+    resp = node.services[f"{NS}/align"].call()
+    assert not resp.success and "needs 3" in resp.message
+    send_keyframes(node, 3)
+    assert node.services[f"{NS}/align"].call().success
+    busy = node.services[f"{NS}/refine"].call()
+    assert not busy.success and "busy" in busy.message and "align" in busy.message
+    gate.set()
+    assert node.wait(10.0)
+    assert node.services[f"{NS}/refine"].call().success
+    assert node.wait(10.0)
+
+
+def test_not_configured_reports_instead_of_faking(ros):
+    def broken(cfg):
+        raise ImportError("recon_ros.refine.stages is not installed")
+
+    node, _ = make(ros, factory=broken)
+    send_keyframes(node, 5)
+    for name in ("align", "refine"):
+        resp = node.services[f"{NS}/{name}"].call()
+        assert not resp.success and "not configured" in resp.message and "not installed" in resp.message
+    node._on_schedule()
+    assert not node.publishers[f"{NS}/corrected_path"].messages
+    assert any("not configured" in m for m in node.get_logger().messages("error"))
+
+
+def test_timer_runs_stages_periodically(ros):
+    node, refiner = make(ros, overrides={"schedule.align_period_s": 0.01, "schedule.refine_period_s": 0.0})
+    send_keyframes(node, 3)
+    import time
+    time.sleep(0.02)
+    node.timers[0].fire()
+    assert node.wait(10.0)
+    assert refiner.calls == ["align"]
+    assert node.publishers[f"{NS}/corrected_path"].messages
