@@ -38,6 +38,8 @@ setup(
     entry_points={
         "console_scripts": [
             "recon-ros = recon_ros.cli:main",
+            "recon_node = recon_ros.ros.recon_node:main",
+            "recon_refiner = recon_ros.ros.refiner_node:main",
         ],
     },
 )
