@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import logging
 import pickle
-import zipfile
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Union
 
@@ -36,16 +35,17 @@ def read_checkpoint(path: PathLike, allow_unsafe: bool = False) -> Any:
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "weights_only" not in str(exc) and "Unsupported global" not in str(exc):
-            raise CheckpointError(f"checkpoint {path} is corrupt or not a torch checkpoint ({_first_line(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 - every failure to read the file is reported the same way
+        text = str(exc)
+        unsafe = isinstance(exc, pickle.UnpicklingError) and ("Unsupported global" in text
+                                                              or "not an allowed global" in text)
+        if not unsafe:
+            raise CheckpointError(f"checkpoint {path} is truncated, corrupt or not a torch checkpoint "
+                                  f"({type(exc).__name__}: {_first_line(exc)})") from None
         if not allow_unsafe:
             raise CheckpointError(
                 f"checkpoint {path} contains objects outside the safe allow-list ({_first_line(exc)}); "
                 "if you trust the file, load it with allow_unsafe=True") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError, AttributeError) as exc:
-        raise CheckpointError(f"checkpoint {path} is truncated, corrupt or not a torch checkpoint "
-                              f"({type(exc).__name__}: {_first_line(exc)})") from None
     log.warning("loading %s with weights_only=False: arbitrary code in the file can run; "
                 "only do this for files you trust", path)
     try:
@@ -55,7 +55,10 @@ def read_checkpoint(path: PathLike, allow_unsafe: bool = False) -> Any:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
+    text = [t.strip() for t in str(exc).strip().splitlines() if t.strip()]
+    for line in text:
+        if "Unsupported global" in line:
+            return line[:300]
     return text[0][:300] if text else type(exc).__name__
 
 
