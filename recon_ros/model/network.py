@@ -107,3 +107,26 @@ def build_model(arch: Optional[ArchConfig] = None, device: torch.device | str = 
 
 def state_dict_shapes(model: nn.Module) -> List[Tuple[str, Tuple[int, ...]]]:
     return [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
+
+
+@torch.no_grad()
+def init_random_weights(model: nn.Module, seed: int = 0, std: float = 0.02) -> nn.Module:
+    """Fill every parameter with a quick random initialisation (benchmarks and smoke tests only):
+    normal(0, std) weights, zero biases, unit LayerNorm scales."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if isinstance(module, nn.LayerNorm):
+                p.fill_(1.0 if name == "weight" else 0.0)
+            elif name == "bias":
+                p.zero_()
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
+    return model
+
+
+def build_random_model(arch: Optional[ArchConfig] = None, device: torch.device | str = "cpu",
+                       seed: int = 0) -> Spann3RNet:
+    """A network with random weights, built on the meta device and materialised once on ``device``."""
+    model = build_model(arch, device="meta").to_empty(device=device)
+    return init_random_weights(model, seed).eval()

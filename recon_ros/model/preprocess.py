@@ -137,7 +137,8 @@ def validate_model_input(img, expected_hw: Tuple[int, int] | None = None, patch:
         raise UserInputError(f"model input size changed from {expected_hw[1]}x{expected_hw[0]} to {w}x{h} "
                              "within one sequence; call reset() to start a new sequence")
     if img.device.type == "cpu":
-        lo, hi = float(img.min()), float(img.max())
+        lo_t, hi_t = torch.aminmax(img)
+        lo, hi = float(lo_t), float(hi_t)
         if not (math.isfinite(lo) and math.isfinite(hi)):
             raise UserInputError("model input contains NaN or infinite values")
         if lo < -1.001 or hi > 1.001:
