@@ -1,0 +1,158 @@
+"""Spann3R's spatial memory: one ordered token bank with attention-threshold reads,
+similarity-based insert skipping and age-weighted pruning.
+
+The bank holds keys K [B,X,C], values V [B,X,C], accumulated read attention A [B,X,1] and age
+counters N [B,X,1]. ``wm`` counts the most recent frames regarded as working memory and ``lm``
+the tokens regarded as long-term; both are counters only, no data moves between them.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recon_ros.model.config import MemoryConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class InsertResult:
+    """What one insertion attempt did."""
+
+    inserted: bool
+    pruned: bool
+    tokens_before_prune: int
+    tokens_after: int
+    wm_after: int
+    lm_after: int
+    sim_max: float  # best mean cosine similarity to a working-memory frame (NaN if the bank was empty)
+    counts_after_prune: Optional[torch.Tensor] = None  # [B,X,1] age counters right after a prune
+
+
+@dataclass
+class ReadResult:
+    out: torch.Tensor  # [B,P,C]: attention-weighted normalised values + the raw query
+    weights: torch.Tensor  # [B,P,X] thresholded, renormalised attention
+    mem_tokens: int  # bank size at the read
+    accumulated: torch.Tensor  # [B,X,1] accumulated attention right after this read (not mutated later)
+
+
+class SpatialMemory:
+    """Mutable memory state of one sequence. Create a new one (or call ``reset``) per sequence."""
+
+    def __init__(self, cfg: MemoryConfig) -> None:
+        self.cfg = cfg
+        self.reset()
+
+    def reset(self) -> None:
+        self.K: Optional[torch.Tensor] = None
+        self.V: Optional[torch.Tensor] = None
+        self.A: Optional[torch.Tensor] = None
+        self.N: Optional[torch.Tensor] = None
+        self.wm = 0
+        self.lm = 0
+        self.tokens_per_frame = 0
+        self.inserts = 0
+        self.skips = 0
+        self.prunes = 0
+        self.reads = 0
+        self.nan_rows_guarded = 0
+
+    @property
+    def num_tokens(self) -> int:
+        return 0 if self.K is None else int(self.K.shape[1])
+
+    # ----------------------------------------------------------------------------- read
+    def read(self, q: torch.Tensor, norm_q: nn.Module, norm_k: nn.Module, norm_v: nn.Module,
+             guard_empty_rows: bool = True) -> ReadResult:
+        """Single-head attention of queries q [B,P,C] over the bank; accumulates attention into A.
+
+        Weights below ``attn_thresh`` are zeroed and rows renormalised. A row whose every weight
+        fell below the threshold (only possible with very large, nearly uniform banks) would divide
+        0 by 0; with ``guard_empty_rows`` such rows keep their unthresholded softmax instead.
+        """
+        if self.K is None:
+            raise RuntimeError("memory read on an empty bank")
+        qf = q.float()
+        logits = torch.matmul(norm_q(qf), norm_k(self.K).transpose(-1, -2)) / math.sqrt(qf.shape[-1])
+        w = logits.softmax(dim=-1)
+        thr = self.cfg.attn_thresh
+        if thr > 0:
+            kept = torch.where(w < thr, torch.zeros_like(w), w)
+            s = kept.sum(dim=-1, keepdim=True)
+            if guard_empty_rows:
+                empty = s == 0
+                if bool(empty.any()):
+                    self.nan_rows_guarded += int(empty.sum())
+                    log.warning("memory read: %d query rows fell entirely below the attention "
+                                "threshold; using their raw softmax", int(empty.sum()))
+                    kept = torch.where(empty, w, kept)
+                    s = torch.where(empty, torch.ones_like(s), s)
+            w = kept / s
+        out = torch.matmul(w, norm_v(self.V)) + qf
+        self.A = self.A + w.sum(dim=1).unsqueeze(-1)
+        self.reads += 1
+        return ReadResult(out=out, weights=w, mem_tokens=self.num_tokens, accumulated=self.A)
+
+    # ----------------------------------------------------------------------------- insert
+    def similarity_to_working_memory(self, k: torch.Tensor) -> float:
+        """Max over working-memory slots (the last wm*P bank tokens) of the mean patch-wise cosine."""
+        if self.K is None or self.wm == 0:
+            return float("nan")
+        p = self.tokens_per_frame
+        tail = self.K[:, -self.wm * p:].reshape(k.shape[0], self.wm, p, k.shape[-1])
+        sim = F.cosine_similarity(k.float()[:, None], tail, dim=-1).mean(dim=-1)  # [B, wm]
+        return float(sim.max())
+
+    def insert(self, k: torch.Tensor, v: torch.Tensor) -> InsertResult:
+        """Append one frame's keys/values (unless too similar to working memory), then prune if needed."""
+        k, v = k.float(), v.float()
+        p = int(k.shape[1])
+        if self.K is not None and p != self.tokens_per_frame:
+            raise ValueError(f"frame has {p} tokens but the memory holds {self.tokens_per_frame}-token frames")
+        sim = self.similarity_to_working_memory(k)
+        if self.K is not None and sim > self.cfg.sim_thresh:
+            self.skips += 1
+            return InsertResult(False, False, self.num_tokens, self.num_tokens, self.wm, self.lm, sim)
+        zeros = torch.zeros(k.shape[0], p, 1, dtype=k.dtype, device=k.device)
+        if self.K is None:
+            self.K, self.V, self.A, self.N = k.clone(), v.clone(), zeros, zeros.clone()
+            self.tokens_per_frame = p
+        else:
+            self.N = torch.cat([self.N + 1, zeros], dim=1)
+            self.K = torch.cat([self.K, k], dim=1)
+            self.V = torch.cat([self.V, v], dim=1)
+            self.A = torch.cat([self.A, zeros], dim=1)
+        self.inserts += 1
+        self.wm += 1
+        if self.wm > self.cfg.work_mem_size:
+            self.wm -= 1
+            self.lm += p
+        before = self.num_tokens
+        if self.lm > self.cfg.long_mem_size:
+            self._prune()
+            return InsertResult(True, True, before, self.num_tokens, self.wm, self.lm, sim, self.N)
+        return InsertResult(True, False, before, self.num_tokens, self.wm, self.lm, sim)
+
+    def _prune(self) -> None:
+        """Keep the long_mem_size tokens of largest A/N (recent insertions protected), sorted descending."""
+        keep = self.cfg.long_mem_size
+        protect = self.N < self.cfg.work_mem_size + 5
+        weight = torch.where(protect, torch.full_like(self.A, 1e8), self.A / self.N.clamp(min=1.0))
+        idx = torch.topk(weight, k=min(keep, weight.shape[1]), dim=1, largest=True, sorted=True).indices
+        c = self.K.shape[-1]
+        self.K = torch.gather(self.K, 1, idx.expand(-1, -1, c))
+        self.V = torch.gather(self.V, 1, idx.expand(-1, -1, c))
+        self.A = torch.gather(self.A, 1, idx)
+        self.N = torch.gather(self.N, 1, idx)
+        self.lm = keep - self.wm * self.tokens_per_frame
+        self.prunes += 1
+
+    def state(self) -> Tuple[Optional[torch.Tensor], ...]:
+        return self.K, self.V, self.A, self.N
