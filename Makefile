@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-PYTEST_ARGS ?= -m "not gpu and not ros"
+PYTEST_ARGS ?=
 
 .PHONY: setup demo test bench clean
 
