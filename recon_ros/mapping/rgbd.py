@@ -44,7 +44,8 @@ def depth_confidence(z: np.ndarray) -> np.ndarray:
 
 def gray01(rgb: np.ndarray) -> np.ndarray:
     """Luma in [0, 1] (float32) of an RGB uint8 image."""
-    return (rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)) / 255.0
+    f = rgb.astype(np.float32)
+    return (f[..., 0] * (0.299 / 255.0) + f[..., 1] * (0.587 / 255.0) + f[..., 2] * (0.114 / 255.0))
 
 
 def _motion(twist: np.ndarray) -> np.ndarray:

@@ -170,6 +170,17 @@ def _bilinear(img: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
             + (1 - a) * b * img[v0 + 1, u0] + a * b * img[v0 + 1, u0 + 1])
 
 
+def _rows_times(P: np.ndarray, A: np.ndarray) -> np.ndarray:
+    """``P @ A`` for (N, 3) rows and a 3x3 matrix, element-wise (no BLAS thread pool)."""
+    return (P[:, 0:1] * A[0] + P[:, 1:2] * A[1] + P[:, 2:3] * A[2])
+
+
+def _gram(J: np.ndarray, w: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(J^T diag(w) J, J^T diag(w) r) for (N, 6) J without a BLAS call."""
+    Jw = J * w[:, None]
+    return np.einsum("ni,nj->ij", Jw, J), np.einsum("ni,n->i", Jw, r)
+
+
 def _huber(r: np.ndarray, delta: float) -> np.ndarray:
     a = np.abs(r)
     return np.where(a <= delta, 1.0, delta / np.maximum(a, 1e-12))
@@ -208,7 +219,7 @@ def _linearise(P: np.ndarray, Nc: np.ndarray, Ic: np.ndarray, ref: PyramidLevel,
                inlier: np.ndarray) -> None:
     """Add one model keyframe's residuals to the normal equations."""
     A = T_ref_cur[:3, :3]
-    q = P @ A.T + T_ref_cur[:3, 3]
+    q = _rows_times(P, A.T) + T_ref_cur[:3, 3]
     K = ref.K
     h, w = ref.vertices.shape[:2]
     z = q[:, 2]
@@ -225,19 +236,18 @@ def _linearise(P: np.ndarray, Nc: np.ndarray, Ic: np.ndarray, ref: PyramidLevel,
     Nr = ref.normals[vi[sel], ui[sel]].astype(np.float64)
     d = q[sel] - Vr
     r = np.sum(Nr * d, axis=1)
-    ncur = Nc[sel] @ A.T
+    ncur = _rows_times(Nc[sel], A.T)
     ok = np.isfinite(r) & (np.sum(d * d, axis=1) < max_dist ** 2) & (np.sum(ncur * Nr, axis=1) > cos_thr)
     sel, r, Nr = sel[ok], r[ok], Nr[ok]
     if len(sel) < 6:
         return
     inlier[sel] = True
     Ps = P[sel]
-    m = Nr @ A  # rows: A^T n, the model normal in current-camera coordinates
+    m = _rows_times(Nr, A)  # rows: A^T n, the model normal in current-camera coordinates
     J = np.concatenate([m, np.cross(Ps, m)], axis=1)
-    wgt = _huber(r, cfg.huber_m) / cfg.huber_m ** 2
-    Jw = J * wgt[:, None]
-    acc.H += Jw.T @ J
-    acc.g += Jw.T @ r
+    H, g = _gram(J, _huber(r, cfg.huber_m) / cfg.huber_m ** 2, r)
+    acc.H += H
+    acc.g += g
     acc.n_in += len(sel)
     acc.sq += float(np.sum(r * r))
     lam = cfg.photometric_weight
@@ -255,12 +265,11 @@ def _linearise(P: np.ndarray, Nc: np.ndarray, Ic: np.ndarray, ref: PyramidLevel,
     gx = G[:, 0] * K[0, 0] / zq
     gy = G[:, 1] * K[1, 1] / zq
     gz = -(gx * qs[:, 0] + gy * qs[:, 1]) / zq
-    mp = np.stack([gx, gy, gz], axis=1) @ A
+    mp = _rows_times(np.stack([gx, gy, gz], axis=1), A)
     Jp = np.concatenate([mp, np.cross(Ps, mp)], axis=1)
-    wp = lam * _huber(rp, cfg.huber_intensity) / cfg.huber_intensity ** 2
-    Jpw = Jp * wp[:, None]
-    acc.H += Jpw.T @ Jp
-    acc.g += Jpw.T @ rp
+    H, g = _gram(Jp, lam * _huber(rp, cfg.huber_intensity) / cfg.huber_intensity ** 2, rp)
+    acc.H += H
+    acc.g += g
 
 
 def track(current: Sequence[PyramidLevel], model: Sequence[tuple[np.ndarray, Sequence[PyramidLevel]]],
