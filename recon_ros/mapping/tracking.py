@@ -121,16 +121,26 @@ def vertex_normals(vertices: np.ndarray, max_rel_step: float = 0.1) -> np.ndarra
 
 
 def smooth_depth(depth: np.ndarray, max_rel_diff: float = 0.05) -> np.ndarray:
-    """3x3 valid-normalised box filter of depth that leaves edges (and invalid pixels) alone."""
+    """3x3 valid-normalised box filter of depth that leaves depth edges alone and fills holes.
+
+    A valid pixel takes the mean of its valid neighbours unless that differs from it by more
+    than ``max_rel_diff`` (an edge). An invalid pixel with at least 3 valid neighbours whose
+    spread is below ``max_rel_diff`` of their mean is filled with that mean (isolated holes
+    would otherwise remove the normals of all their neighbours).
+    """
     valid = np.isfinite(depth) & (depth > 0)
     d0 = np.where(valid, depth, 0.0).astype(np.float32)
-    num = cv2.boxFilter(d0, -1, (3, 3), normalize=False, borderType=cv2.BORDER_CONSTANT)
-    den = cv2.boxFilter(valid.astype(np.float32), -1, (3, 3), normalize=False,
-                        borderType=cv2.BORDER_CONSTANT)
+    box = dict(ddepth=-1, ksize=(3, 3), normalize=False, borderType=cv2.BORDER_CONSTANT)
+    num = cv2.boxFilter(d0, **box)
+    sq = cv2.boxFilter(d0 * d0, **box)
+    den = cv2.boxFilter(valid.astype(np.float32), **box)
     with np.errstate(invalid="ignore", divide="ignore"):
         sm = num / den
-    out = np.where(valid & (np.abs(sm - d0) <= max_rel_diff * d0), sm, depth).astype(np.float32)
-    out[~valid] = np.nan
+        var = np.maximum(sq / den - sm * sm, 0.0)
+    keep = valid & (np.abs(sm - d0) <= max_rel_diff * d0)
+    fill = ~valid & (den >= 3) & (np.sqrt(var) <= max_rel_diff * sm)
+    out = np.where(keep | fill, sm, d0).astype(np.float32)
+    out[~(valid | fill)] = np.nan
     return out
 
 
@@ -293,6 +303,8 @@ def track(current: Sequence[PyramidLevel], model: Sequence[tuple[np.ndarray, Seq
         if len(P) < 6:
             continue
         max_dist = cfg.max_correspondence_m * (2 ** lvl)
+        if lvl == levels - 1 and levels > 1:
+            max_dist *= 2.0  # the coarsest level must also capture large unpredicted motion
         for it in range(iters + (1 if lvl == 0 else 0)):
             acc = _Accum()
             inlier = np.zeros(len(P), dtype=bool)
