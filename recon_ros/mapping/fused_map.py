@@ -5,13 +5,14 @@ with the keyframe's current pose ``T_world_cam`` (rigid or Sim(3)). The fused cl
 union of all posed blocks, voxel-downsampled with confidence-weighted averaging of positions
 and colours.
 
-Incremental fusion: each block caches its per-voxel contribution under its current pose
-(voxel keys, confidence-weighted sums of position and colour, weight and point counts),
-and a global accumulator holds the sums over all blocks, keyed by sorted voxel keys.
-Adding a keyframe costs O(its points + voxels in the map) (a sorted merge); re-anchoring,
-replacing or removing one keyframe subtracts its old contribution and adds the new one,
-without touching the other blocks. ``fused()`` divides the sums (cached until the map
-changes).
+Incremental fusion: a global accumulator holds, per voxel (sorted int64 keys), the
+confidence-weighted sums of position and colour, the weight and the point count over all
+blocks. A block's per-voxel contribution under its pose is a deterministic function of its
+stored points and pose, so it is recomputed when needed rather than cached (that would
+triple the memory): adding a keyframe costs O(its points + voxels in the map) (a sorted
+merge); re-anchoring, replacing or removing one keyframe subtracts its old contribution and
+adds the new one, without touching the other blocks. ``fused()`` divides the sums (cached
+until the map changes).
 
 Storage: a block keeps only the keyframe's valid pixels with confidence >= ``min_confidence``,
 averaged (confidence-weighted) on a grid of ``block_voxel_fraction x voxel_size`` in keyframe
@@ -21,7 +22,9 @@ as fusing its pixels. Masked pixels never enter (they are invalid in the Keyfram
 Caps: ``fused()`` returns at most ``max_points`` voxels, dropping those with the lowest mean
 confidence. When the stored bytes (blocks and accumulator) exceed ``max_bytes`` after an
 insertion, the *oldest* keyframes (by insertion order) leave the map until it fits; this is
-logged and counted (``evicted_keyframes``).
+logged and counted (``evicted_keyframes``). For ``replace_points`` without new colours the
+map keeps references (not copies, not counted) to the keyframe's organised colour and
+confidence arrays, which the keyframe store owns anyway.
 """
 from __future__ import annotations
 
@@ -86,16 +89,13 @@ class _Block:
     weight: np.ndarray  # (N,) float32, summed confidence of the pixels this point stands for
     count: np.ndarray  # (N,) int32, number of those pixels
     T: np.ndarray  # 4x4 float64
-    keys: np.ndarray  # contribution under T: sorted voxel keys
-    sums: np.ndarray  # (M, 7) float64: w*x, w*y, w*z, w*r, w*g, w*b, w
-    counts: np.ndarray  # (M,) int64
     src_colors: Optional[np.ndarray] = None  # organised keyframe colours (for replace_points)
     src_conf: Optional[np.ndarray] = None
 
     @property
     def nbytes(self) -> int:
         return int(self.points.nbytes + self.colors.nbytes + self.weight.nbytes + self.count.nbytes
-                   + self.keys.nbytes + self.sums.nbytes + self.counts.nbytes)
+                   + self.T.nbytes)
 
 
 class KeyframeMap:
@@ -181,9 +181,7 @@ class KeyframeMap:
         pts, col, w, cnt = self._prepare(points_cam, colors, confidence, valid)
         if kf_id in self._blocks:
             self._subtract(self._blocks.pop(kf_id))
-        keys, sums, counts = self._contribution(pts, col, w, cnt, T)
-        blk = _Block(order=self._order, points=pts, colors=col, weight=w, count=cnt, T=T,
-                     keys=keys, sums=sums, counts=counts)
+        blk = _Block(order=self._order, points=pts, colors=col, weight=w, count=cnt, T=T)
         self._order += 1
         self._blocks[kf_id] = blk
         self._add(blk)
@@ -198,7 +196,6 @@ class KeyframeMap:
         T = self._check_T(T_world_cam)
         self._subtract(b)
         b.T = T
-        b.keys, b.sums, b.counts = self._contribution(b.points, b.colors, b.weight, b.count, T)
         self._add(b)
         self._last_ms = 1000.0 * (time.perf_counter() - t0)
 
@@ -271,41 +268,52 @@ class KeyframeMap:
             return pts, col, w.astype(np.float32), counts.astype(np.int32)
         return pts, col, conf.astype(np.float32), cnt
 
-    def _contribution(self, pts, col, w, cnt, T):
+    def _contribution(self, b: _Block) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """Per-voxel sums of one block under its pose: (sorted keys, (M, 7) sums, (M,) counts,
+        number of stored points outside the addressable range).
+
+        Deterministic, so the same block and pose always give bit-identical sums (which is
+        what lets ``_subtract`` remove exactly what ``_add`` added).
+        """
+        pts, col, w, cnt, T = b.points, b.colors, b.weight, b.count, b.T
         if len(pts) == 0:
-            return np.zeros(0, np.int64), np.zeros((0, 7)), np.zeros(0, np.int64)
+            return np.zeros(0, np.int64), np.zeros((0, 7)), np.zeros(0, np.int64), 0
         pw = transform_points(T, pts.astype(np.float64))
         keys, inside = voxel_keys(pw, self.voxel)
         if not np.all(inside):
-            self._dropped += int(len(pw) - np.count_nonzero(inside))
             pw, col, w, cnt = pw[inside], col[inside], w[inside], cnt[inside]
         wd = w.astype(np.float64)[:, None]
         vals = np.concatenate([pw * wd, col.astype(np.float64) * wd, wd], axis=1)
-        return _reduce(keys, vals, cnt.astype(np.float64))
+        return (*_reduce(keys, vals, cnt.astype(np.float64)), int(len(pts) - len(keys)))
 
     def _add(self, b: _Block) -> None:
         self._cache = None
-        if len(b.keys) == 0:
+        keys, sums, counts, dropped = self._contribution(b)
+        if dropped:
+            self._dropped += dropped
+            log.warning("map: %d points of a keyframe lie outside the addressable voxel range", dropped)
+        if len(keys) == 0:
             return
-        pos = np.searchsorted(self._keys, b.keys)
+        pos = np.searchsorted(self._keys, keys)
         found = pos < len(self._keys)
-        found[found] = self._keys[pos[found]] == b.keys[found]
-        self._sums[pos[found]] += b.sums[found]
-        self._counts[pos[found]] += b.counts[found]
+        found[found] = self._keys[pos[found]] == keys[found]
+        self._sums[pos[found]] += sums[found]
+        self._counts[pos[found]] += counts[found]
         new = ~found
         if np.any(new):
             at = pos[new]
-            self._keys = np.insert(self._keys, at, b.keys[new])
-            self._sums = np.insert(self._sums, at, b.sums[new], axis=0)
-            self._counts = np.insert(self._counts, at, b.counts[new])
+            self._keys = np.insert(self._keys, at, keys[new])
+            self._sums = np.insert(self._sums, at, sums[new], axis=0)
+            self._counts = np.insert(self._counts, at, counts[new])
 
     def _subtract(self, b: _Block) -> None:
         self._cache = None
-        if len(b.keys) == 0:
+        keys, sums, counts, _ = self._contribution(b)
+        if len(keys) == 0:
             return
-        pos = np.searchsorted(self._keys, b.keys)
-        self._sums[pos] -= b.sums
-        self._counts[pos] -= b.counts
+        pos = np.searchsorted(self._keys, keys)
+        self._sums[pos] -= sums
+        self._counts[pos] -= counts
         gone = self._counts[pos] <= 0
         if np.any(gone):
             keep = np.ones(len(self._keys), dtype=bool)
