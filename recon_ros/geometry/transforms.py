@@ -43,7 +43,12 @@ def transform_points(T: np.ndarray, pts: np.ndarray) -> np.ndarray:
     dtype = pts.dtype if np.issubdtype(pts.dtype, np.floating) else np.float64
     A = np.asarray(T[:3, :3], dtype=np.float64)
     t = np.asarray(T[:3, 3], dtype=np.float64)
-    out = pts.reshape(-1, 3).astype(np.float64) @ A.T + t
+    P = pts.reshape(-1, 3).astype(np.float64)
+    # Element-wise rather than P @ A.T: a BLAS call on (N, 3) gains nothing and its thread
+    # pool is many times slower on a loaded machine.
+    out = np.empty_like(P)
+    for i in range(3):
+        out[:, i] = P[:, 0] * A[i, 0] + P[:, 1] * A[i, 1] + P[:, 2] * A[i, 2] + t[i]
     return out.reshape(pts.shape).astype(dtype, copy=False)
 
 

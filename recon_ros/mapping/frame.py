@@ -77,7 +77,9 @@ class FrameEstimate:
     ``K_model`` the intrinsics at model resolution; ``pixel_map`` maps model pixels back to
     image pixels. ``valid`` (h x w bool) marks pixels that may enter the map (finite, not
     masked). ``provisional`` is True for Spann3R's low-latency head-2 output of the newest
-    frame, which is superseded by the final estimate one frame later.
+    frame, which is superseded by the final estimate one frame later. ``tracking_ok`` is
+    False when the frontend could not estimate the pose (it then holds the last good pose);
+    such estimates must not enter the map.
     """
 
     stamp_ns: int
@@ -91,6 +93,7 @@ class FrameEstimate:
     valid: Optional[np.ndarray] = None
     provisional: bool = False
     frame: Optional[Frame] = None  # the input frame this estimate belongs to
+    tracking_ok: bool = True  # False: the pose could not be estimated (last good pose held)
 
     def valid_mask(self) -> np.ndarray:
         ok = np.all(np.isfinite(self.points), axis=-1) & np.isfinite(self.confidence)

@@ -1,0 +1,161 @@
+"""Configuration of the online mapper: frontend, tracking, scale, keyframes, fused map.
+
+Every leaf is declared with :func:`recon_ros.config.param` so that the YAML file, the ROS
+parameters and the CLI flags all come from here. ``MappingConfig`` is the top level of the
+mapping part; other parts (model, device, input, ROS) add their own groups next to these
+by subclassing it or by nesting it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from recon_ros.config import group, param
+
+FRONTENDS = ("spann3r", "rgbd")
+SCALE_MODES = ("none", "depth", "odometry", "fixed")
+
+
+@dataclass
+class FrontendConfig:
+    """Which frontend turns camera frames into posed pointmaps."""
+
+    name: str = param("spann3r", "frontend: spann3r (learned, monocular) or rgbd "
+                      "(depth camera, no learned weights)", choices=FRONTENDS)
+    min_depth_m: float = param(0.1, "rgbd: depth readings closer than this are ignored (metres)",
+                               min=0.0, max=100.0)
+    max_depth_m: float = param(8.0, "rgbd: depth readings farther than this are ignored (metres)",
+                               min=0.01, max=1000.0)
+    output_max_width: int = param(0, "rgbd: width of the pointmaps handed to the map; larger "
+                                  "depth images are block-averaged by an integer factor "
+                                  "(0 = depth resolution)", min=0, max=8192)
+
+
+@dataclass
+class TrackingConfig:
+    """RGB-D frame-to-model tracking (projective point-to-plane ICP + photometric term)."""
+
+    max_width: int = param(160, "width of the finest tracking level; the depth image is "
+                           "block-averaged by an integer factor down to at most this width",
+                           min=16, max=4096)
+    pyramid_levels: int = param(3, "number of pyramid levels (each halves the resolution)",
+                                min=1, max=6)
+    iterations_finest: int = param(4, "Gauss-Newton iterations at the finest level", min=1, max=100)
+    iterations_coarse: int = param(8, "Gauss-Newton iterations at every coarser level", min=0, max=100)
+    max_points: int = param(6000, "points used per iteration at the finest level (regular "
+                            "subsample); coarser levels use all their pixels", min=100,
+                            max=1_000_000)
+    max_correspondence_m: float = param(0.08, "largest point distance accepted as a "
+                                        "correspondence at the finest level (doubles per "
+                                        "coarser level)", min=0.001, max=10.0)
+    max_normal_angle_deg: float = param(35.0, "largest angle between matched normals",
+                                        min=1.0, max=90.0)
+    huber_m: float = param(0.01, "Huber threshold and scale of point-to-plane residuals (metres)",
+                           min=1e-5, max=1.0)
+    photometric_weight: float = param(0.1, "weight of the intensity residual relative to the "
+                                      "geometric one (0 disables it); helps on planar but "
+                                      "textured scenes", min=0.0, max=100.0, dynamic=True)
+    huber_intensity: float = param(0.05, "Huber threshold and scale of intensity residuals "
+                                   "(intensity in [0, 1])", min=1e-4, max=1.0)
+    model_keyframes: int = param(3, "recent tracking keyframes that form the model each frame "
+                                 "is aligned to", min=1, max=20)
+    ref_translation_m: float = param(0.1, "a new tracking keyframe is taken after this much "
+                                     "translation from the newest one (metres)", min=0.0, max=10.0)
+    ref_rotation_deg: float = param(10.0, "... or after this much rotation (degrees)",
+                                    min=0.0, max=180.0)
+    ref_min_inlier_fraction: float = param(0.75, "... or when fewer of the frame's points than "
+                                           "this fraction match the model", min=0.0, max=1.0)
+    min_inlier_fraction: float = param(0.25, "tracking fails when fewer of the frame's valid "
+                                       "points than this fraction match the model",
+                                       min=0.0, max=1.0)
+    max_residual_m: float = param(0.03, "tracking fails when the RMS point-to-plane residual "
+                                  "of the matches exceeds this (metres)", min=1e-4, max=10.0)
+    max_jump_m: float = param(0.5, "tracking fails when the pose moves farther than this "
+                              "from its constant-velocity prediction (metres)", min=0.001, max=100.0)
+    max_jump_deg: float = param(30.0, "... or turns by more than this (degrees)",
+                                min=0.1, max=180.0)
+    min_valid_fraction: float = param(0.05, "frames with less valid depth than this fraction "
+                                      "of the image are not tracked", min=0.0, max=1.0)
+
+
+@dataclass
+class ScaleConfig:
+    """Metric scale of the frontend world (Spann3R's is unknown)."""
+
+    mode: str = param("none", "none: keep the frontend's units; depth: median ratio of "
+                      "measured to predicted depth; odometry: ratio of odometry to frontend "
+                      "translations; fixed: the value below", choices=SCALE_MODES)
+    fixed_value: float = param(1.0, "scale used in fixed mode (metres per frontend unit)",
+                               min=1e-9, max=1e9)
+    min_valid_pixels: int = param(200, "depth mode: pixels with valid depth and enough "
+                                  "confidence a frame needs to give a sample", min=1, max=10_000_000)
+    min_confidence: float = param(0.0, "depth mode: pixels below this frontend confidence are "
+                                  "not used", min=0.0, max=1e6)
+    window: int = param(300, "number of most recent per-frame samples the estimate uses",
+                        min=1, max=1_000_000)
+    min_motion_m: float = param(0.05, "odometry mode: odometry translations shorter than this "
+                                "are not used (metres)", min=0.0, max=100.0)
+
+
+@dataclass
+class KeyframeConfig:
+    """When a frame becomes a keyframe (quality gates AND one novelty trigger)."""
+
+    min_translation_m: float = param(0.25, "trigger: translation since the last keyframe "
+                                     "(metres; used when a metric scale is known, 0 disables)",
+                                     min=0.0, max=100.0, dynamic=True)
+    translation_depth_ratio: float = param(0.1, "trigger: translation since the last keyframe "
+                                           "above this fraction of its median depth "
+                                           "(scale-free; 0 disables)", min=0.0, max=10.0,
+                                           dynamic=True)
+    min_rotation_deg: float = param(10.0, "trigger: rotation since the last keyframe (degrees)",
+                                    min=0.0, max=180.0, dynamic=True)
+    min_overlap: float = param(0.6, "trigger: fraction of the frame's points seen by the last "
+                               "keyframe (depth agreeing) falls below this", min=0.0, max=1.0,
+                               dynamic=True)
+    depth_agreement: float = param(0.05, "relative depth difference under which a reprojected "
+                                   "point counts as seen by the last keyframe", min=0.0, max=1.0)
+    max_interval_s: float = param(2.0, "trigger: time since the last keyframe (seconds, "
+                                  "0 disables)", min=0.0, max=3600.0, dynamic=True)
+    min_interval_s: float = param(0.2, "gate: at least this long since the last keyframe "
+                                  "(seconds)", min=0.0, max=3600.0, dynamic=True)
+    min_confidence: float = param(0.0, "gate: median confidence of the frame's valid pixels",
+                                  min=0.0, max=1e6, dynamic=True)
+    min_valid_fraction: float = param(0.05, "gate: fraction of valid pixels", min=0.0, max=1.0)
+    max_masked_fraction: float = param(0.5, "gate: fraction of masked pixels", min=0.0, max=1.0)
+    min_sharpness: float = param(0.0, "gate: variance of the Laplacian of the grey image "
+                                 "(0-255 scale; 0 disables the absolute gate)", min=0.0, max=1e9,
+                                 dynamic=True)
+    sharpness_percentile: float = param(30.0, "gate: sharpness at least this percentile of the "
+                                        "recent frames' sharpness (0 disables)", min=0.0,
+                                        max=100.0, dynamic=True)
+    sharpness_window: int = param(30, "frames in the running sharpness history", min=1, max=100_000)
+
+
+@dataclass
+class MapConfig:
+    """Keyframe-anchored fused point map."""
+
+    voxel_size_m: float = param(0.02, "voxel edge of the fused cloud (world units: metres once "
+                                "the scale is known)", min=1e-4, max=10.0)
+    min_confidence: float = param(1.0, "points below this confidence never enter the map "
+                                  "(Spann3R confidences are >= 1; 1.5-3 removes its unreliable "
+                                  "points)", min=0.0, max=1e6)
+    block_voxel_fraction: float = param(0.5, "keyframe points are stored averaged on a grid of "
+                                        "this fraction of the voxel size in keyframe "
+                                        "coordinates (0 keeps every pixel)", min=0.0, max=1.0)
+    max_points: int = param(2_000_000, "the fused cloud keeps at most this many voxels (the "
+                            "lowest-confidence ones are dropped)", min=1, max=1_000_000_000,
+                            dynamic=True)
+    max_bytes: int = param(512 * 1024 * 1024, "memory of the stored map; above it the oldest "
+                           "keyframes leave the map", min=1024, max=1 << 40, dynamic=True)
+
+
+@dataclass
+class MappingConfig:
+    """The online mapper without ROS."""
+
+    frontend: FrontendConfig = group(FrontendConfig)
+    tracking: TrackingConfig = group(TrackingConfig)
+    scale: ScaleConfig = group(ScaleConfig)
+    keyframe: KeyframeConfig = group(KeyframeConfig)
+    map: MapConfig = group(MapConfig)

@@ -1,0 +1,102 @@
+"""Test helper: a tiny analytic RGB-D scene for the mapping tests (not a scene generator).
+
+A textured box room (inside view) with a few textured boxes standing in it, ray-cast exactly
+with numpy. World frame = optical convention (x right, y down, z forward), the floor at
+y = +half_y. ``render`` returns the colour image, z-depth and ground-truth surface distance
+helpers; ``loop_trajectory`` gives camera poses along a closed loop. Kept deliberately small;
+the full synthetic-scene generator lives in ``recon_ros.io.synth``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from recon_ros.geometry.camera import make_K
+from recon_ros.geometry.transforms import make_T, rotvec_to_matrix
+
+
+@dataclass
+class BoxRoom:
+    half: tuple = (2.5, 1.3, 3.0)  # room half extents (x, y, z) in metres
+    boxes: list = field(default_factory=lambda: [
+        ((-1.2, 0.7, 1.4), (0.35, 0.6, 0.35)),   # (centre, half extents)
+        ((1.3, 0.9, -1.0), (0.4, 0.4, 0.5)),
+        ((0.9, 0.5, 1.9), (0.25, 0.8, 0.25)),
+        ((-1.5, 0.95, -1.6), (0.5, 0.35, 0.3)),
+    ])
+
+    def render(self, K: np.ndarray, T_world_cam: np.ndarray, width: int, height: int):
+        """(rgb uint8 H x W x 3, depth float32 H x W) seen from ``T_world_cam``."""
+        u, v = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64))
+        d_cam = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], -1)
+        R, o = T_world_cam[:3, :3], T_world_cam[:3, 3]
+        d = d_cam.reshape(-1, 3) @ R.T  # z-depth equals the ray parameter since d_cam.z = 1
+        h = np.array(self.half)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t_axes = np.where(d > 0, (h - o) / d, (-h - o) / d)
+        t_axes = np.where(np.isfinite(t_axes) & (t_axes > 0), t_axes, np.inf)
+        t = t_axes.min(axis=1)
+        axis = t_axes.argmin(axis=1)
+        kind = axis.copy()  # 0..2 room walls, 3+ boxes
+        for bi, (c, e) in enumerate(self.boxes):
+            lo = np.array(c) - np.array(e) - o
+            hi = np.array(c) + np.array(e) - o
+            with np.errstate(divide="ignore", invalid="ignore"):
+                t1, t2 = lo / d, hi / d
+            tmin = np.nanmax(np.minimum(t1, t2), axis=1)
+            tmax = np.nanmin(np.maximum(t1, t2), axis=1)
+            hit = (tmax >= tmin) & (tmin > 0) & (tmin < t)
+            t = np.where(hit, tmin, t)
+            kind = np.where(hit, 3 + bi, kind)
+        p = o + d * t[:, None]
+        tex = self._texture(p, kind)
+        rgb = np.clip(tex, 0, 255).astype(np.uint8).reshape(height, width, 3)
+        return rgb, t.astype(np.float32).reshape(height, width)
+
+    @staticmethod
+    def _texture(p: np.ndarray, kind: np.ndarray) -> np.ndarray:
+        base = np.array([[200, 170, 140], [150, 180, 210], [180, 200, 150], [220, 120, 90],
+                         [90, 140, 220], [230, 210, 80], [140, 90, 170]], dtype=np.float64)
+        x, y, z = p[:, 0], p[:, 1], p[:, 2]
+        pat = (np.sin(7.0 * x + 3.0 * np.sin(2.0 * z)) * np.cos(6.0 * y + 1.3 * z)
+               + 0.6 * np.sin(11.0 * z - 5.0 * x) + 0.5 * np.sign(np.sin(4.0 * (x + y + z))))
+        return base[kind % len(base)] * (0.65 + 0.15 * pat[:, None])
+
+    def distance_to_surface(self, pts: np.ndarray) -> np.ndarray:
+        """Distance of world points to the nearest scene surface (walls or box faces)."""
+        p = np.asarray(pts, dtype=np.float64)
+        h = np.array(self.half)
+        dist = np.min(h - np.abs(p), axis=1)  # inside the room: to the nearest wall
+        dist = np.abs(dist)
+        for c, e in self.boxes:
+            q = np.abs(p - np.array(c)) - np.array(e)
+            outside = np.linalg.norm(np.maximum(q, 0), axis=1)
+            inside = np.minimum(np.max(q, axis=1), 0)
+            dist = np.minimum(dist, np.abs(outside + inside))
+        return dist
+
+
+def loop_trajectory(n: int, radius: float = 0.6, turns: float = 1.0) -> list[np.ndarray]:
+    """``n`` camera poses on a closed horizontal circle, looking outwards and slightly down."""
+    out = []
+    for i in range(n):
+        a = 2 * np.pi * turns * i / n
+        pos = np.array([radius * np.cos(a), 0.1 * np.sin(3 * a), radius * np.sin(a)])
+        yaw = a + 0.9  # look ahead of the radial direction
+        R = rotvec_to_matrix(np.array([0.0, -yaw, 0.0])) @ rotvec_to_matrix(np.array([-0.25, 0.0, 0.0]))
+        out.append(make_T(R, pos))
+    return out
+
+
+def camera(width: int, height: int) -> np.ndarray:
+    """Intrinsics of a 60-degree-ish horizontal field of view at this size."""
+    f = 0.85 * width
+    return make_K(f, f, (width - 1) / 2.0, (height - 1) / 2.0)
+
+
+def ate_rmse(est: np.ndarray, gt: np.ndarray) -> float:
+    """RMSE of camera positions after rigidly aligning the first poses (both start at gt[0])."""
+    e = np.array([p[:3, 3] for p in est])
+    g = np.array([p[:3, 3] for p in gt])
+    return float(np.sqrt(np.mean(np.sum((e - g) ** 2, axis=1))))
