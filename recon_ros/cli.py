@@ -16,6 +16,7 @@ from recon_ros.errors import ReconError
 
 # (name, module, one-line summary)
 COMMANDS: list[tuple[str, str, str]] = [
+    ("eval", "recon_ros.commands.eval", "evaluate a trajectory / point cloud against ground truth"),
 ]
 
 EPILOG = """\
