@@ -13,11 +13,16 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 
 from recon_ros.errors import UserInputError
-from recon_ros.geometry.transforms import invert_T, rotation_angle_deg, sim3_decompose, umeyama
+from recon_ros.geometry.transforms import invert_T, matrix_to_rotvec, sim3_decompose, umeyama
 
 log = logging.getLogger(__name__)
 
 ALIGN_MODES = ("sim3", "se3", "none")
+
+
+def rotation_angle_deg(R: np.ndarray) -> np.ndarray:
+    """Rotation angles (deg) of matrices (..., 3, 3), accurate near zero (unlike arccos)."""
+    return np.degrees(np.linalg.norm(matrix_to_rotvec(R), axis=-1))
 
 
 @dataclass
@@ -42,8 +47,9 @@ class ErrorStats:
 
 def associate(stamps_a: np.ndarray, stamps_b: np.ndarray, max_dt_ns: int
               ) -> Tuple[np.ndarray, np.ndarray]:
-    """Index pairs (ia, ib) of stamps closer than ``max_dt_ns``; each index is used at most once,
-    closest pairs first. Both outputs are sorted by ``stamps_a``."""
+    """Index pairs (ia, ib) matching each stamp of ``a`` to its nearest stamp of ``b`` when they
+    differ by at most ``max_dt_ns``; a ``b`` that is nearest to several ``a`` goes to the closest
+    one. Both outputs are sorted by ``stamps_a``."""
     a = np.asarray(stamps_a, dtype=np.int64)
     b = np.asarray(stamps_b, dtype=np.int64)
     if a.size == 0 or b.size == 0:

@@ -183,18 +183,21 @@ class Scene:
 
     # ---------------------------------------------------------------- surface
     def sample_surface(self, spacing: float = 0.02) -> SurfaceSamples:
-        """Points every ~``spacing`` metres on the static surface, minus faces hidden by contact
-        (e.g. box bottoms on the floor and the floor under them). The moving solid is excluded."""
+        """Points every ~``spacing`` metres on the static surface, minus those hidden by contact
+        (box bottoms on the floor, the floor under them, the crevice where a sphere touches the
+        floor): a point is dropped when it, or a step of spacing / 4 along its normal, lies in
+        another solid. The moving solid is excluded."""
         if not spacing > 0:
             raise UserInputError(f"surface sample spacing must be > 0, got {spacing}")
         static = [i for i in range(len(self.solids)) if i != self.dynamic_index]
         pts_all, nrm_all, sid_all = [], [], []
         for i in static:
             p, n = self.solids[i].sample(spacing)
+            ahead = p + (0.25 * spacing) * n  # a step into the free space the surface faces
             keep = np.ones(len(p), dtype=bool)
             for j in static:
                 if j != i:
-                    keep &= ~self.solids[j].blocks(p, CONTACT_EPS)
+                    keep &= ~self.solids[j].blocks(p, CONTACT_EPS) & ~self.solids[j].blocks(ahead, 0.0)
             pts_all.append(p[keep])
             nrm_all.append(n[keep])
             sid_all.append(np.full(int(keep.sum()), i, dtype=np.int64))
