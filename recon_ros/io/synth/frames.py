@@ -1,7 +1,6 @@
 """Camera frames of a synthetic scene: images, noisy depth and ground truth in Frame.extras."""
 from __future__ import annotations
 
-import logging
 from typing import Iterator, Optional
 
 import numpy as np
@@ -11,8 +10,6 @@ from recon_ros.io.synth.config import SynthConfig
 from recon_ros.io.synth.scene import Scene, make_scene
 from recon_ros.io.synth.trajectory import frame_stamps_ns, frame_times, trajectory
 from recon_ros.mapping.frame import Frame
-
-log = logging.getLogger(__name__)
 
 FRAME_ID = "synth_camera_optical"
 

@@ -5,7 +5,6 @@ REP-103 optical axes (x right, y down, z forward). Depth is z-depth in metres.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import List, NamedTuple, Optional, Tuple, Union
 
@@ -15,8 +14,6 @@ from recon_ros.errors import UserInputError
 from recon_ros.io.synth.config import SynthConfig
 from recon_ros.io.synth.shapes import Box, Cylinder, Room, Sphere
 from recon_ros.io.synth.texture import make_palettes, shade_texture
-
-log = logging.getLogger(__name__)
 
 Solid = Union[Room, Box, Sphere, Cylinder]
 
@@ -99,12 +96,22 @@ class Scene:
         best_t = np.full(n, np.inf)
         best_n = np.zeros((3, n))
         best_i = np.full(n, -1, dtype=np.int64)
+        dd = np.sum(d * d, axis=0)
         for i, (solid, off) in enumerate(zip(self.solids, self.offsets(t))):
-            ti, ni = solid.intersect(o, d, off)
-            closer = ti < best_t
-            best_t = np.where(closer, ti, best_t)
-            best_n = np.where(closer, ni, best_n)
-            best_i[closer] = i
+            sel = None if i == 0 else _rays_near(o, d, dd, *solid.bounding_sphere(), off)
+            if sel is None:
+                ti, ni = solid.intersect(o, d, off)
+                closer = ti < best_t
+                best_t = np.where(closer, ti, best_t)
+                best_n = np.where(closer, ni, best_n)
+                best_i[closer] = i
+            elif len(sel):
+                ti, ni = solid.intersect(o if o.shape[1] == 1 else o[:, sel], d[:, sel], off)
+                closer = ti < best_t[sel]
+                idx = sel[closer]
+                best_t[idx] = ti[closer]
+                best_n[:, idx] = ni[:, closer]
+                best_i[idx] = i
         return best_t, best_n, best_i
 
     def camera_rays(self, T_world_cam: np.ndarray, K: np.ndarray, width: int, height: int
@@ -242,6 +249,17 @@ class Scene:
             "light": self.light.tolist(),
             "shading": self.shading,
         }
+
+
+def _rays_near(o: np.ndarray, d: np.ndarray, dd: np.ndarray, center: np.ndarray, radius: float,
+               offset: np.ndarray) -> Optional[np.ndarray]:
+    """Indices of the rays that meet a bounding sphere ahead of their origin (None = all)."""
+    oc = o - (center + offset)[:, None]
+    cc = np.sum(oc * oc, axis=0) - radius * radius
+    if o.shape[1] == 1 and cc[0] <= 0:
+        return None  # the single origin is inside the sphere
+    b = np.sum(d * oc, axis=0)
+    return np.flatnonzero((b * b - dd * cc >= 0) & ((b <= 0) | (cc <= 0)))
 
 
 # -------------------------------------------------------------------- layout

@@ -145,6 +145,9 @@ class Box:
         n = np.concatenate(nrm)
         return p @ self.R.T + self.center, n @ self.R.T
 
+    def bounding_sphere(self) -> Tuple[np.ndarray, float]:
+        return self.center, float(np.linalg.norm(self.half))
+
     def describe(self) -> dict:
         return {"kind": self.kind, "center": self.center.tolist(), "half": self.half.tolist(),
                 "yaw": float(self.yaw)}
@@ -179,6 +182,9 @@ class Sphere:
         r = np.sqrt(1.0 - z * z)
         normals = np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=1)
         return self.center + self.radius * normals, normals
+
+    def bounding_sphere(self) -> Tuple[np.ndarray, float]:
+        return self.center, float(self.radius)
 
     def describe(self) -> dict:
         return {"kind": self.kind, "center": self.center.tolist(), "radius": float(self.radius)}
@@ -248,6 +254,11 @@ class Cylinder:
             caps_p.append(np.stack([gx, gy, np.full_like(gx, z)], axis=1))
             caps_n.append(np.tile([0.0, 0.0, nz], (len(gx), 1)))
         return np.concatenate([side_p] + caps_p), np.concatenate([side_n] + caps_n)
+
+    def bounding_sphere(self) -> Tuple[np.ndarray, float]:
+        half_h = 0.5 * (self.z1 - self.z0)
+        c = np.array([self.center[0], self.center[1], self.z0 + half_h])
+        return c, float(np.hypot(self.radius, half_h))
 
     def describe(self) -> dict:
         return {"kind": self.kind, "center": self.center.tolist(), "radius": float(self.radius),

@@ -28,9 +28,9 @@ def _seed_word(seed: int) -> np.uint32:
     return np.uint32((int(seed) * 0x27D4EB2F + 0x165667B1) % (1 << 32))
 
 
-def value_noise(p: np.ndarray, cell: float, seed: int) -> np.ndarray:
-    """Three channels (3, N) of smooth value noise in [0, 1] at points ``p`` (N, 3); lattice
-    ``cell`` metres.
+def value_noise(p: np.ndarray, cell: float, seed: int, channels: int = 3) -> np.ndarray:
+    """``channels`` (<= 3) channels (C, N) of smooth value noise in [0, 1] at points ``p``
+    (N, 3); lattice ``cell`` metres.
 
     Lattice values come from a hash of the integer corner coordinates (no repetition within
     2^32 cells), blended trilinearly with smoothstep weights.
@@ -47,8 +47,8 @@ def value_noise(p: np.ndarray, cell: float, seed: int) -> np.ndarray:
     h = _mix32(ax[0][:, None, None, :] ^ ax[1][None, :, None, :] ^ ax[2][None, None, :, :]
                ^ _seed_word(seed))  # (2, 2, 2, N)
     wx, wy, wz = w[:, 0], w[:, 1], w[:, 2]
-    out = np.empty((3, len(q)), dtype=np.float32)
-    for ch, shift in enumerate((0, 10, 20)):  # three 10-bit channels
+    out = np.empty((channels, len(q)), dtype=np.float32)
+    for ch, shift in enumerate((0, 10, 20)[:channels]):  # up to three 10-bit channels
         v = ((h >> np.uint32(shift)) & np.uint32(1023)).astype(np.float32)
         v = v[:, :, 0] + wz * (v[:, :, 1] - v[:, :, 0])
         v = v[:, 0] + wy * (v[:, 1] - v[:, 0])
@@ -81,24 +81,26 @@ def shade_texture(tex_pts: np.ndarray, surface_id: np.ndarray, palettes: np.ndar
     two pixels fade out. None means full detail (ground-truth surface colours).
     """
     pal = [palettes[:, k, :].T[:, surface_id] for k in range(3)]  # 3 x (3, N)
-    blobs = value_noise(tex_pts, 0.55 * scale, seed + 11)
-    spots = value_noise(tex_pts, 0.16 * scale, seed + 23)
+    blobs = value_noise(tex_pts, 0.55 * scale, seed + 11, channels=2)
+    spots = value_noise(tex_pts, 0.16 * scale, seed + 23, channels=3)
     a = _smoothstep(0.42, 0.58, blobs[0])
     b = _smoothstep(0.45, 0.55, spots[1])
     base = pal[0] + a * (pal[1] - pal[0])
     base += b * (pal[2] - base)
-    lum = 0.8 + 0.4 * (spots[2] - 0.5) + 0.3 * (blobs[2] - 0.5)
-    col = base * lum
-    for k, (cell, amp) in enumerate(((0.055, 0.5), (0.022, 0.45), (0.009, 0.3))):
+    # coloured mid-scale detail, then luminance detail at finer scales
+    tint = 0.35 * (value_noise(tex_pts, 0.07 * scale, seed + 37) - 0.5)
+    lum = 0.8 + 0.4 * (spots[2] - 0.5) + 0.3 * (blobs[1] - 0.5)
+    for k, (cell, amp) in enumerate(((0.03, 0.45), (0.012, 0.35), (0.005, 0.25))):
         cell *= scale
         if footprint is None:
-            col += amp * (value_noise(tex_pts, cell, seed + 101 + k) - 0.5) * (0.6 + 0.4 * base)
+            lum = lum + amp * (value_noise(tex_pts, cell, seed + 101 + k, channels=1)[0] - 0.5)
             continue
         fade = np.clip(cell / np.maximum(footprint, 1e-9) / 1.5 - 1.0, 0.0, 1.0)
         sel = np.flatnonzero(fade > 0)  # only where the octave is resolved
         if len(sel) == len(fade):
-            col += amp * (value_noise(tex_pts, cell, seed + 101 + k) - 0.5) * fade * (0.6 + 0.4 * base)
+            lum = lum + amp * fade * (value_noise(tex_pts, cell, seed + 101 + k, channels=1)[0] - 0.5)
         elif len(sel):
-            n = (value_noise(tex_pts[sel], cell, seed + 101 + k) - 0.5) * fade[sel]
-            col[:, sel] += amp * n * (0.6 + 0.4 * base[:, sel])
+            n = value_noise(tex_pts[sel], cell, seed + 101 + k, channels=1)[0] - 0.5
+            lum[sel] += amp * fade[sel] * n
+    col = (base + tint * (0.5 + base)) * lum
     return np.clip(col, 0.0, 1.0).T
