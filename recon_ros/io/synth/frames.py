@@ -62,7 +62,12 @@ def render_frame(scene: Scene, cfg: SynthConfig, index: int,
 
 
 def iter_frames(cfg: SynthConfig, scene: Optional[Scene] = None) -> Iterator[Frame]:
-    """The frames of the sequence in order (stamps at ``cfg.fps``)."""
+    """The frames of the sequence in order (stamps at ``cfg.fps``).
+
+    Each Frame has ``K``, the noisy sensor ``depth`` (0 = invalid) and in ``extras``:
+    ``T_world_cam_gt`` (4x4), ``depth_gt`` (noise-free z-depth, float32), ``dynamic_mask``
+    (bool, True on the moving object) and ``time_s`` (seconds since the first frame).
+    """
     scene = make_scene(cfg) if scene is None else scene
     poses = trajectory(cfg)
     for i in range(cfg.n_frames):

@@ -12,7 +12,7 @@ import numpy as np
 
 from recon_ros.errors import UserInputError
 from recon_ros.io.synth.config import SynthConfig
-from recon_ros.io.synth.shapes import Box, Cylinder, Room, Sphere
+from recon_ros.io.synth.shapes import Box, Cylinder, Room, Sphere, dot3
 from recon_ros.io.synth.texture import make_palettes, shade_texture
 
 Solid = Union[Room, Box, Sphere, Cylinder]
@@ -96,7 +96,7 @@ class Scene:
         best_t = np.full(n, np.inf)
         best_n = np.zeros((3, n))
         best_i = np.full(n, -1, dtype=np.int64)
-        dd = np.sum(d * d, axis=0)
+        dd = dot3(d, d)
         for i, (solid, off) in enumerate(zip(self.solids, self.offsets(t))):
             sel = None if i == 0 else _rays_near(o, d, dd, *solid.bounding_sphere(), off)
             if sel is None:
@@ -151,8 +151,8 @@ class Scene:
             ts = t_hit[sel]
             ns = n3[:, sel]
             pts = (o + ts * ds).T
-            ray_len = np.sqrt(np.sum(ds * ds, axis=0))
-            cos_inc = np.abs(np.sum(ns * ds, axis=0)) / ray_len
+            ray_len = np.sqrt(dot3(ds, ds))
+            cos_inc = np.abs(dot3(ns, ds)) / ray_len
             # metres per pixel on the surface: z / f, stretched at grazing incidence
             footprint = ts / float(K[0, 0]) * ray_len / np.maximum(cos_inc, 0.2)
             rgb[sel] = self._colour(pts, np.ascontiguousarray(ns.T), solid[sel], t, footprint)
@@ -223,20 +223,25 @@ class Scene:
         seen = np.zeros(len(points), dtype=bool)
         K = np.asarray(K, dtype=np.float64)
         times = np.zeros(len(poses)) if times is None else np.asarray(times, dtype=np.float64)
+        p3 = np.ascontiguousarray(points.T)  # component-first: (3, 3) @ (3, N) products are fast
+        n3 = np.ascontiguousarray(np.asarray(normals, dtype=np.float64).T)
         for T, t in zip(poses, times):
+            todo = np.flatnonzero(~seen)  # points already seen need no more tests
+            if len(todo) == 0:
+                break
             depth = self.render_depth(T, K, width, height, float(t))
-            R, c = T[:3, :3], T[:3, 3]
-            facing = np.einsum("ij,ij->i", normals, c - points) > 0
-            pc = (points - c) @ R
-            z = pc[:, 2]
-            front = z > 1e-6
-            zs = np.where(front, z, 1.0)
-            u = np.round(K[0, 0] * pc[:, 0] / zs + K[0, 1] * pc[:, 1] / zs + K[0, 2]).astype(np.int64)
-            v = np.round(K[1, 1] * pc[:, 1] / zs + K[1, 2]).astype(np.int64)
-            inside = front & facing & (u >= 0) & (u < width) & (v >= 0) & (v < height)
-            d = np.zeros(len(points), dtype=np.float64)
-            d[inside] = depth[v[inside], u[inside]]
-            seen |= inside & (np.abs(d - z) <= abs_tol + rel_tol * z)
+            R, c = T[:3, :3], T[:3, 3:4]
+            rel = p3[:, todo] - c
+            facing = dot3(n3[:, todo], rel) < 0
+            x, y, z = R.T @ rel
+            zs = np.where(z > 1e-6, z, 1.0)
+            u = np.round(K[0, 0] * x / zs + K[0, 1] * y / zs + K[0, 2]).astype(np.int64)
+            v = np.round(K[1, 1] * y / zs + K[1, 2]).astype(np.int64)
+            inside = (z > 1e-6) & facing & (u >= 0) & (u < width) & (v >= 0) & (v < height)
+            idx = np.flatnonzero(inside)
+            d = depth[v[idx], u[idx]]
+            ok = np.abs(d - z[idx]) <= abs_tol + rel_tol * z[idx]
+            seen[todo[idx[ok]]] = True
         return seen
 
     def describe(self) -> dict:
@@ -255,10 +260,10 @@ def _rays_near(o: np.ndarray, d: np.ndarray, dd: np.ndarray, center: np.ndarray,
                offset: np.ndarray) -> Optional[np.ndarray]:
     """Indices of the rays that meet a bounding sphere ahead of their origin (None = all)."""
     oc = o - (center + offset)[:, None]
-    cc = np.sum(oc * oc, axis=0) - radius * radius
+    cc = dot3(oc, oc) - radius * radius
     if o.shape[1] == 1 and cc[0] <= 0:
         return None  # the single origin is inside the sphere
-    b = np.sum(d * oc, axis=0)
+    b = dot3(d, oc)
     return np.flatnonzero((b * b - dd * cc >= 0) & ((b <= 0) | (cc <= 0)))
 
 

@@ -20,6 +20,11 @@ _NO_OFFSET = np.zeros(3)
 Hit = Tuple[np.ndarray, np.ndarray]  # t (N,), normal (3, N)
 
 
+def dot3(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise dot product of component-first arrays (3, N) (or (3, 1) broadcast)."""
+    return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
+
+
 def _rot_z(yaw: float) -> np.ndarray:
     c, s = np.cos(yaw), np.sin(yaw)
     return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
@@ -109,7 +114,7 @@ class Box:
         return _rot_z(self.yaw)
 
     def _local(self, p: np.ndarray, offset: np.ndarray) -> np.ndarray:
-        return (p - (self.center + offset)) @ self.R  # R^T (p - c), row-wise
+        return (self.R.T @ (p - (self.center + offset)).T).T  # R^T (p - c) per row
 
     def intersect(self, o: np.ndarray, d: np.ndarray, offset: np.ndarray = _NO_OFFSET) -> Hit:
         R = self.R
@@ -161,9 +166,9 @@ class Sphere:
 
     def intersect(self, o: np.ndarray, d: np.ndarray, offset: np.ndarray = _NO_OFFSET) -> Hit:
         oc = o - (self.center + offset)[:, None]
-        a = np.sum(d * d, axis=0)
-        b = 2.0 * np.sum(d * oc, axis=0)
-        c = np.sum(oc * oc, axis=0) - self.radius ** 2
+        a = dot3(d, d)
+        b = 2.0 * dot3(d, oc)
+        c = dot3(oc, oc) - self.radius ** 2
         disc = b * b - 4.0 * a * c
         t = (-b - np.sqrt(np.maximum(disc, 0.0))) / (2.0 * a)
         t = np.where((disc >= 0) & (t > T_MIN), t, np.inf)
