@@ -44,11 +44,15 @@ def surface_distance(scene, pts: np.ndarray, t: float = 0.0) -> np.ndarray:
     return np.min(np.stack(dists), axis=0)
 
 
-def world_points(frame, depth=None) -> np.ndarray:
-    depth = frame.extras["depth_gt"] if depth is None else depth
-    pts = backproject_depth(depth, frame.K).reshape(-1, 3)
+def backproject_world(depth: np.ndarray, K: np.ndarray, T_world_cam: np.ndarray) -> np.ndarray:
+    """World points (M, 3) of the valid pixels of a z-depth map."""
+    pts = backproject_depth(depth, K).reshape(-1, 3)
     pts = pts[np.isfinite(pts[:, 2])].astype(np.float64)
-    return transform_points(frame.extras["T_world_cam_gt"], pts)
+    return transform_points(T_world_cam, pts)
+
+
+def world_points(frame) -> np.ndarray:
+    return backproject_world(frame.extras["depth_gt"], frame.K, frame.extras["T_world_cam_gt"])
 
 
 def test_depth_lies_on_the_analytic_surfaces():
@@ -84,8 +88,7 @@ def test_depth_is_z_depth_along_pixel_rays():
     centre = depth[12, 16]
     assert centre == pytest.approx(cfg.room_length_m / 2, abs=1e-5)
     # z-depth is constant over a fronto-parallel wall (where no object is in front)
-    u, v = np.meshgrid(np.arange(33), np.arange(25))
-    pts = world_points(type("F", (), {"K": K, "extras": {"depth_gt": depth, "T_world_cam_gt": T}})())
+    pts = backproject_world(depth, K, T)
     on_wall = np.abs(pts[:, 0] - cfg.room_length_m / 2) < 1e-6
     assert on_wall.mean() > 0.3
     np.testing.assert_allclose(depth.ravel()[on_wall], cfg.room_length_m / 2, atol=1e-5)
@@ -306,3 +309,22 @@ def test_sift_matches_between_views_are_geometrically_correct():
     uv, _ = project_points(transform_points(T_b_a, pc), K)
     err = np.linalg.norm(uv - ub, axis=1)
     assert np.mean(err < 2.0) > 0.9
+
+
+def test_cast_with_per_ray_origins_matches_the_camera_render():
+    cfg = SynthConfig(width=40, height=30, dynamic_object=True)
+    scene = make_scene(cfg)
+    T = trajectory(cfg)[7]
+    K = intrinsics(cfg)
+    depth = scene.render_depth(T, K, cfg.width, cfg.height, 0.4)
+    u, v = np.meshgrid(np.arange(cfg.width), np.arange(cfg.height))
+    d_cam = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u, dtype=float)], -1)
+    dirs = d_cam.reshape(-1, 3) @ T[:3, :3].T
+    # per-ray origins moved back along each ray by 0.1: hits come 0.1 later, at the same points
+    origins = T[:3, 3] - 0.1 * dirs
+    hits = scene.cast(origins, dirs, 0.4)
+    np.testing.assert_allclose(hits.t - 0.1, depth.ravel(), atol=1e-5)
+    assert surface_distance(scene, hits.points, 0.4).max() < 1e-6
+    # normals are unit and face the ray origin
+    np.testing.assert_allclose(np.linalg.norm(hits.normals, axis=1), 1.0, atol=1e-9)
+    assert np.all(np.einsum("ij,ij->i", hits.normals, dirs) < 0)

@@ -75,6 +75,7 @@ def plot_error_over_time(t_s: np.ndarray, err: np.ndarray, path: "str | os.PathL
         ax2 = ax.twinx()
         ax2.plot(t_s, err2, "-", color="tab:blue", lw=1.0)
         ax2.set_ylabel(ylabel2, color="tab:blue")
+        ax2.ticklabel_format(axis="y", useOffset=False)
     ax.set_title(title)
     return _save(fig, path)
 
