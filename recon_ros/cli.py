@@ -17,6 +17,7 @@ from recon_ros.errors import ReconError
 # (name, module, one-line summary)
 COMMANDS: list[tuple[str, str, str]] = [
     ("convert", "recon_ros.commands.convert", "convert ScanNet / ARKitScenes / images / video to a rosbag2"),
+    ("eval", "recon_ros.commands.eval", "evaluate a trajectory / point cloud against ground truth"),
 ]
 
 EPILOG = """\
