@@ -16,8 +16,12 @@ from recon_ros.errors import ReconError
 
 # (name, module, one-line summary)
 COMMANDS: list[tuple[str, str, str]] = [
+    ("demo", "recon_ros.commands.demo", "synthetic scene -> online reconstruction -> evaluation (no ROS/GPU/weights)"),
+    ("replay", "recon_ros.commands.replay", "reconstruct a bag / dataset folder / images / video offline"),
+    ("synth", "recon_ros.commands.synth", "make a synthetic RGB-D scene with ground truth as a rosbag2"),
     ("convert", "recon_ros.commands.convert", "convert ScanNet / ARKitScenes / images / video to a rosbag2"),
     ("eval", "recon_ros.commands.eval", "evaluate a trajectory / point cloud against ground truth"),
+    ("config", "recon_ros.commands.config", "print the configuration schema as commented YAML"),
 ]
 
 EPILOG = """\

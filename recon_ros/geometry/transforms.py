@@ -179,3 +179,21 @@ def umeyama(src: np.ndarray, dst: np.ndarray, with_scale: bool = True,
         s = 1.0
     t = mu_d - s * R @ mu_s
     return make_T(R, t, s)
+
+
+def rigid_part(T: np.ndarray) -> np.ndarray:
+    """The rigid part of a rigid or Sim(3) 4x4 transform: scale removed, rotation
+    re-orthonormalised (corrected poses may carry numerical drift)."""
+    _, R, t = sim3_decompose(np.asarray(T, dtype=np.float64))
+    U, _, Vt = np.linalg.svd(R)
+    R = U @ Vt
+    if np.linalg.det(R) < 0:
+        U[:, -1] *= -1
+        R = U @ Vt
+    return make_T(R, t)
+
+
+def map_from_optical() -> np.ndarray:
+    """``T_map_recon`` without a known camera mounting: the first camera's optical frame
+    placed in a z-up ``map`` at the same origin (optical -> body axes)."""
+    return make_T(R_BODY_OPTICAL, np.zeros(3))

@@ -28,6 +28,13 @@ class FrontendConfig:
     output_max_width: int = param(0, "rgbd: width of the pointmaps handed to the map; larger "
                                   "depth images are block-averaged by an integer factor "
                                   "(0 = depth resolution)", min=0, max=8192)
+    provisional: bool = param(False, "spann3r: also report the low-latency provisional "
+                              "pointmap of the newest frame (head 2; superseded one frame later)")
+    pose_confidence_percentile: float = param(
+        50.0, "spann3r: pixels whose confidence is at least this percentile of the frame's "
+        "confidences give the PnP pose and the focal estimate", min=0.0, max=99.0)
+    use_camera_info: bool = param(True, "spann3r: use the frame's intrinsics (CameraInfo) when "
+                                  "present instead of estimating the focal from the first frame")
 
 
 @dataclass

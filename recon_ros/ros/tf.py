@@ -17,21 +17,14 @@ from typing import Any, Callable, Generic, Optional, TypeVar
 
 import numpy as np
 
-from recon_ros.geometry.transforms import R_BODY_OPTICAL, invert_T, make_T, sim3_decompose
+from recon_ros.geometry.transforms import invert_T, map_from_optical, rigid_part
 
 T = TypeVar("T")
 
 
 def rigid(T_: np.ndarray) -> np.ndarray:
-    """The rigid part of a rigid or Sim(3) 4x4 transform (scale removed from the rotation)."""
-    s, R, t = sim3_decompose(np.asarray(T_, dtype=np.float64))
-    # Re-orthonormalise: corrected poses may carry numerical drift.
-    U, _, Vt = np.linalg.svd(R)
-    R = U @ Vt
-    if np.linalg.det(R) < 0:
-        U[:, -1] *= -1
-        R = U @ Vt
-    return make_T(R, t)
+    """The rigid part of a rigid or Sim(3) 4x4 transform (see geometry.transforms.rigid_part)."""
+    return rigid_part(T_)
 
 
 def map_from_recon(T_base_cam0: Optional[np.ndarray]) -> np.ndarray:
@@ -42,7 +35,7 @@ def map_from_recon(T_base_cam0: Optional[np.ndarray]) -> np.ndarray:
     position with z up (optical -> body rotation).
     """
     if T_base_cam0 is None:
-        return make_T(R_BODY_OPTICAL, np.zeros(3))
+        return map_from_optical()
     return rigid(T_base_cam0)
 
 

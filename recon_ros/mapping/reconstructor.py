@@ -1,0 +1,325 @@
+"""The Reconstructor: frames in, a growing keyframe map and a trajectory out.
+
+It wires a frontend (Spann3R or RGB-D), the scale estimator, the keyframe selector and the
+keyframe-anchored fused map, exactly as ``recon-ros replay`` and the ROS node run them.
+
+World frame: ``recon_world``, the first camera's optical frame, in metres once a scale is
+known (the RGB-D frontend is metric from the start). Keyframes are built with the scale
+known at the time; when the estimate moves by more than ``scale_tolerance`` every keyframe is
+re-anchored by the ratio (a Sim(3) about the origin), so the map never mixes scales.
+Corrections from background refinement re-anchor keyframes the same way, and each frame's
+pose follows the correction of the keyframe it was tracked after.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from recon_ros.config import group, param
+from recon_ros.errors import UserInputError
+from recon_ros.geometry.transforms import invert_T, make_T, rigid_part
+from recon_ros.mapping.fused_map import KeyframeMap
+from recon_ros.mapping.frame import Frame, FrameEstimate, Keyframe
+from recon_ros.mapping.frontend import Frontend
+from recon_ros.mapping.keyframes import KeyframeSelector
+from recon_ros.mapping.scale import ScaleEstimator
+from recon_ros.mapping.schema import MappingConfig
+from recon_ros.model.config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class OutputConfig:
+    """What replay and save_map write."""
+
+    keyframes: bool = param(True, "save the keyframes (image, pointmap, confidence, K, pose) "
+                            "in a keyframes/ folder")
+    frame_clouds: bool = param(False, "write every frame's pointmap to the output bag "
+                               "(large); the fused map is always written")
+    map_every_n: int = param(10, "write the fused map to the output bag every n frames "
+                             "(and at the end)", min=1, max=100_000)
+
+
+@dataclass
+class ReconConfig(MappingConfig):
+    """Every parameter of the reconstruction core (the ROS node adds its own groups)."""
+
+    model: ModelConfig = group(ModelConfig)
+    output: OutputConfig = group(OutputConfig)
+    scale_tolerance: float = param(0.02, "re-anchor the map when the scale estimate moves by "
+                                   "more than this fraction", min=0.0, max=1.0)
+
+
+@dataclass
+class StepResult:
+    """What one call of :meth:`Reconstructor.process` produced."""
+
+    estimates: list[FrameEstimate] = field(default_factory=list)  # final, scaled, stream order
+    provisional: Optional[FrameEstimate] = None
+    new_keyframes: list[Keyframe] = field(default_factory=list)
+    map_changed: bool = False
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    skipped: Optional[str] = None  # why the frame was skipped, if it was
+
+
+def scale_pose(T: np.ndarray, scale: float) -> np.ndarray:
+    """The pose with its translation multiplied by ``scale``."""
+    out = np.array(T, dtype=np.float64, copy=True)
+    out[:3, 3] *= scale
+    return out
+
+
+def scale_estimate(est: FrameEstimate, scale: float) -> FrameEstimate:
+    """A copy of an estimate in metres: points and translation times ``scale``."""
+    if scale == 1.0:
+        return est
+    return FrameEstimate(
+        stamp_ns=est.stamp_ns, index=est.index, points=est.points * np.float32(scale),
+        confidence=est.confidence, colors=est.colors, T_world_cam=scale_pose(est.T_world_cam, scale),
+        K_model=est.K_model, pixel_map=est.pixel_map, valid=est.valid, provisional=est.provisional,
+        frame=est.frame, tracking_ok=est.tracking_ok)
+
+
+def make_frontend(cfg: ReconConfig, model=None) -> Frontend:
+    """Build the frontend that ``cfg.frontend.name`` names (loading Spann3R's weights)."""
+    name = cfg.frontend.name
+    if name == "rgbd":
+        from recon_ros.mapping.rgbd import RGBDFrontend
+        return RGBDFrontend(cfg)
+    if name == "spann3r":
+        from recon_ros.mapping.spann3r import Spann3RFrontend
+        if model is None:
+            from recon_ros.model.checkpoint import load_model
+            if not cfg.model.checkpoint:
+                raise UserInputError(
+                    "the spann3r frontend needs its weights: pass --checkpoint spann3r.pth "
+                    "(model.checkpoint), or use --frontend rgbd with an RGB-D camera")
+            model = load_model(cfg.model)
+        return Spann3RFrontend(model, cfg.model, cfg.frontend)
+    raise UserInputError(f"unknown frontend '{name}' (choose spann3r or rgbd)")
+
+
+@dataclass
+class _TrajEntry:
+    stamp_ns: int
+    T_raw: np.ndarray  # frontend units
+    anchor: Optional[int]  # keyframe id it was tracked after
+
+
+class Reconstructor:
+    """Online reconstruction of one camera stream (see the module docstring)."""
+
+    def __init__(self, cfg: Optional[ReconConfig] = None, frontend: Optional[Frontend] = None,
+                 model=None) -> None:
+        self.cfg = cfg if cfg is not None else ReconConfig()
+        self.frontend = frontend if frontend is not None else make_frontend(self.cfg, model)
+        self.scaler = ScaleEstimator(self.cfg.scale)
+        self.selector = KeyframeSelector(self.cfg.keyframe, depth_source=self._depth_source())
+        self.map = KeyframeMap(self.cfg.map)
+        self._reset_state()
+
+    # ------------------------------------------------------------------ state
+    def _depth_source(self) -> str:
+        return "depth" if self.frontend.metric else "frontend"
+
+    def _reset_state(self) -> None:
+        self._traj: list[_TrajEntry] = []
+        self._kf_raw: dict[int, tuple[np.ndarray, float]] = {}  # id -> (raw pose, scale used)
+        self._keyframes: dict[int, Keyframe] = {}
+        self._last_stamp: Optional[int] = None
+        self._skips: dict[str, int] = {}
+        self._frames = 0
+        self._last_ms: dict[str, float] = {}
+
+    def reset(self) -> None:
+        """Forget everything: a new world starts with the next frame."""
+        self.frontend.reset()
+        self.scaler.reset()
+        self.selector.reset()
+        self.map.clear()
+        self._reset_state()
+
+    @property
+    def scale(self) -> float:
+        """Metres per frontend unit (1 for metric frontends or while unknown)."""
+        if self.frontend.metric and self.cfg.scale.mode != "fixed":
+            return 1.0
+        return float(self.scaler.state().scale)
+
+    def _skip(self, reason: str, detail: str) -> StepResult:
+        n = self._skips.get(reason, 0) + 1
+        self._skips[reason] = n
+        if n <= 3 or n % 100 == 0:
+            log.warning("frame skipped (%s, %d so far): %s", reason, n, detail)
+        return StepResult(skipped=reason)
+
+    # ------------------------------------------------------------------ processing
+    def process(self, frame: Frame) -> StepResult:
+        """Feed one frame; bad frames are logged, counted and skipped (``StepResult.skipped``)."""
+        t0 = time.perf_counter()
+        if self._last_stamp is not None and frame.stamp_ns <= self._last_stamp:
+            return self._skip("stamp_not_increasing",
+                              f"stamp {frame.stamp_ns} is not after {self._last_stamp}; "
+                              "call reset() when a recording restarts")
+        try:
+            frame.validate()
+            estimates = self.frontend.step(frame)
+        except UserInputError as exc:
+            return self._skip("bad_frame", str(exc))
+        self._last_stamp = frame.stamp_ns
+        self._frames += 1
+        t1 = time.perf_counter()
+        result = self._consume(estimates)
+        t2 = time.perf_counter()
+        result.timings_ms = {"frontend": (t1 - t0) * 1e3, "map": (t2 - t1) * 1e3, "total": (t2 - t0) * 1e3}
+        self._last_ms = result.timings_ms
+        return result
+
+    def flush(self) -> StepResult:
+        """End of stream: the estimates the frontend still holds."""
+        t0 = time.perf_counter()
+        result = self._consume(self.frontend.flush())
+        result.timings_ms = {"total": (time.perf_counter() - t0) * 1e3}
+        return result
+
+    def _consume(self, estimates: list[FrameEstimate]) -> StepResult:
+        result = StepResult()
+        for est in estimates:
+            if est.provisional:
+                result.provisional = scale_estimate(est, self.scale)
+                continue
+            if self.cfg.scale.mode != "none" and not self.frontend.metric:
+                self.scaler.update(est, est.frame)
+                if self._rescale_map():
+                    result.map_changed = True
+            s = self.scale
+            anchor = self.selector_last_id()
+            kf = None
+            if est.tracking_ok:
+                known = None if (not self.frontend.metric and not self.scaler.state().known) else s
+                kf = self.selector.consider(est, est.frame, known)
+            if kf is not None:
+                self.map.add_keyframe(kf)
+                self._kf_raw[kf.id] = (np.array(est.T_world_cam, dtype=np.float64), s)
+                self._keyframes[kf.id] = kf
+                result.new_keyframes.append(kf)
+                result.map_changed = True
+                anchor = kf.id
+            self._traj.append(_TrajEntry(est.stamp_ns, np.array(est.T_world_cam, dtype=np.float64), anchor))
+            result.estimates.append(scale_estimate(est, s))
+        return result
+
+    def selector_last_id(self) -> Optional[int]:
+        return max(self._kf_raw) if self._kf_raw else None
+
+    def _rescale_map(self) -> bool:
+        """Re-anchor every keyframe when the scale estimate moved beyond the tolerance."""
+        if not self.scaler.state().known or not self._kf_raw:
+            return False
+        s = self.scale
+        changed = False
+        for kf_id, (T_raw, s_used) in list(self._kf_raw.items()):
+            ratio = s / s_used
+            if abs(ratio - 1.0) <= self.cfg.scale_tolerance:
+                continue
+            if kf_id in self.map:
+                self.map.apply_correction(kf_id, make_T(np.eye(3), np.zeros(3), ratio))
+            self._kf_raw[kf_id] = (T_raw, s)
+            changed = True
+        if changed:
+            log.info("scale estimate now %.4f m/unit: map re-anchored", s)
+        return changed
+
+    # ------------------------------------------------------------------ corrections
+    def _correction(self, kf_id: int) -> np.ndarray:
+        """Current map pose of a keyframe relative to the pose it was built with."""
+        T_raw, s_used = self._kf_raw[kf_id]
+        if kf_id not in self.map:
+            return make_T(np.eye(3), np.zeros(3), self.scale / s_used)
+        return self.map.pose(kf_id) @ invert_T(scale_pose(T_raw, s_used))
+
+    def apply_corrections(self, poses: dict[int, np.ndarray]) -> int:
+        """Re-anchor keyframes to corrected poses, matched by keyframe stamp (ns). Returns how
+        many keyframes moved. Poses may be Sim(3)."""
+        by_stamp = {kf.stamp_ns: kf_id for kf_id, kf in self._keyframes.items()}
+        moved = 0
+        for stamp, T in poses.items():
+            kf_id = by_stamp.get(int(stamp))
+            if kf_id is None or kf_id not in self.map:
+                continue
+            T = np.asarray(T, dtype=np.float64)
+            if T.shape != (4, 4) or not np.all(np.isfinite(T)):
+                log.warning("ignoring a non-finite correction for keyframe %d", kf_id)
+                continue
+            self.map.set_pose(kf_id, T)
+            moved += 1
+        return moved
+
+    def replace_depth(self, kf_id: int, points_cam: np.ndarray, valid: np.ndarray) -> bool:
+        """Swap a keyframe's pointmap for a refined one (same resolution, keyframe frame)."""
+        if kf_id not in self.map:
+            return False
+        self.map.replace_points(kf_id, points_cam, valid)
+        kf = self._keyframes.get(kf_id)
+        if kf is not None:
+            kf.points_cam = np.asarray(points_cam, dtype=np.float32)
+            kf.valid = np.asarray(valid, dtype=bool)
+        return True
+
+    # ------------------------------------------------------------------ outputs
+    def trajectory(self) -> list[tuple[int, np.ndarray]]:
+        """(stamp_ns, T_world_cam) of every processed frame, metric and corrected, rigid."""
+        out = []
+        for e in self._traj:
+            if e.anchor is None or e.anchor not in self._kf_raw:
+                T = scale_pose(e.T_raw, self.scale)
+            else:
+                _, s_used = self._kf_raw[e.anchor]
+                T = self._correction(e.anchor) @ scale_pose(e.T_raw, s_used)
+            out.append((e.stamp_ns, rigid_part(T)))
+        return out
+
+    def keyframes(self) -> list[Keyframe]:
+        """The keyframes still in the map, with their current (possibly Sim(3)) poses."""
+        out = []
+        for kf_id in self.map.keyframe_ids():
+            kf = self._keyframes.get(kf_id)
+            if kf is None:
+                continue
+            kf.T_world_cam = self.map.pose(kf_id)
+            out.append(kf)
+        return out
+
+    def fused_cloud(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The fused map: xyz (N,3) float32, rgb (N,3) uint8, confidence (N,) float32."""
+        return self.map.fused()
+
+    def stats(self) -> dict:
+        ms = self.map.stats()
+        sc = self.scaler.state()
+        out = {
+            "frames": self._frames,
+            "keyframes": ms.keyframes,
+            "map_points": ms.voxels,
+            "map_bytes": ms.bytes,
+            "scale": self.scale,
+            "scale_std": 0.0 if self.frontend.metric else float(sc.uncertainty),
+            "scale_known": bool(self.frontend.metric or sc.known),
+            "skipped": sum(self._skips.values()),
+        }
+        out.update({f"skipped_{k}": v for k, v in self._skips.items()})
+        out.update({f"frontend_{k}": v for k, v in self.frontend.stats().items()
+                    if isinstance(v, (int, float, bool))})
+        out.update({f"ms_{k}": v for k, v in self._last_ms.items()})
+        return out
+
+    def save(self, directory) -> dict[str, Path]:
+        """Write map.ply, trajectory.tum, keyframes.tum (and keyframes/ when configured)."""
+        from recon_ros.io.outputs import save_reconstruction
+        return save_reconstruction(self, Path(directory), keyframes=self.cfg.output.keyframes)
