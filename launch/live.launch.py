@@ -52,7 +52,7 @@ def _setup(context, *args, **kwargs):
     sim_time = bool(bag) or _truthy(arg["use_sim_time"])
     log_args = ["--ros-args", "--log-level", arg["log_level"]]
 
-    overrides = {"model.device": arg["device"], "lifecycle.autostart": _truthy(arg["autostart"]),
+    overrides = {"model.runtime.device": arg["device"], "lifecycle.autostart": _truthy(arg["autostart"]),
                  "input.use_depth": bool(arg["depth_topic"])}
     if arg["checkpoint"]:
         overrides["model.checkpoint"] = arg["checkpoint"]

@@ -30,7 +30,7 @@ def test_live_launch_declares_every_argument():
     src = (REPO / "launch" / "live.launch.py").read_text()
     assert "generate_launch_description" in {f.name for f in tree.body if isinstance(f, ast.FunctionDef)}
     for needed in ('"--clock"', 'name="use_sim_time"', '"recon_node"', '"recon_refiner"', '"rviz2"',
-                   '"lifecycle.autostart"', '"model.device"'):
+                   '"lifecycle.autostart"', '"model.runtime.device"'):
         assert needed in src, needed
     # Every argument is read inside the setup function.
     assert "for name, _, _ in ARGUMENTS" in src
@@ -70,3 +70,25 @@ def test_rviz_config():
     assert path["Topic"]["Value"] == "/recon_node/path" and path["Topic"]["Durability Policy"] == "Transient Local"
     assert displays["Camera image"]["Topic"]["Reliability Policy"] == "Best Effort"  # camera drivers
     assert "rviz_default_plugins/TF" in {d["Class"] for d in vm["Displays"]}
+
+
+def test_launch_parameter_overrides_exist_in_the_node_schema():
+    """Every dotted parameter name a launch file sets must be a real recon_node parameter."""
+    import re
+
+    from recon_ros.ros.schema import recon_node_schema
+    names = set(recon_node_schema().names())
+    for launch in ("live.launch.py", "replay.launch.py"):
+        src = (REPO / "launch" / launch).read_text()
+        keys = set(re.findall(r'"([a-z_]+(?:\.[a-z_0-9]+)+)"\s*:', src))
+        if launch == "live.launch.py":
+            assert "model.runtime.device" in keys  # the parser sees the overrides
+        unknown = {k for k in keys if k not in names}
+        assert not unknown, f"{launch} sets unknown parameters {unknown}"
+
+
+def test_shipped_parameter_file_is_generated_from_the_schema():
+    """config/recon.yaml must be exactly what `recon-ros config --node` prints (regenerate it
+    with that command after changing the schema)."""
+    from recon_ros.commands.config import render
+    assert (REPO / "config" / "recon.yaml").read_text() == render(node=True)
