@@ -10,7 +10,6 @@ from recon_ros.geometry.transforms import invert_T, rotation_angle_deg, transfor
 from recon_ros.io.synth import SynthConfig, iter_frames
 from recon_ros.mapping.reconstructor import ReconConfig, Reconstructor
 from recon_ros.mapping.spann3r import Spann3RFrontend
-from recon_ros.model.checkpoint import load_model
 from recon_ros.model.stream import FrameOutput, StepResult
 
 
