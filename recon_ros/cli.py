@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="recon-ros",
         description="Online learned 3D reconstruction (Spann3R) without ROS: replay bags and "
-                    "datasets, convert data to rosbag2, evaluate, benchmark.",
+                    "datasets, make synthetic scenes, convert data to rosbag2, evaluate.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"recon-ros {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
