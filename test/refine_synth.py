@@ -184,6 +184,18 @@ def circle_poses(n: int, radius: float = 0.8, turns: float = 1.0, height: float 
     return poses
 
 
+def strafe_poses(n: int, step: float = 0.15, distance: float = 1.8, yaw_deg: float = 20.0) -> list[np.ndarray]:
+    """Cameras translating sideways in front of the z = +3 wall, alternately yawed (wide baselines)."""
+    poses = []
+    for k in range(n):
+        x = -0.5 * step * (n - 1) + step * k
+        eye = np.array([x, 0.1 * np.sin(k), 3.0 - distance])
+        yaw = np.radians(yaw_deg) * np.sin(0.7 * k)
+        target = eye + np.array([np.sin(yaw), 0.05, np.cos(yaw)])
+        poses.append(look_at(eye, target))
+    return poses
+
+
 def make_keyframes(room: BoxRoom, poses: list, width: int = 160, height: int = 120, model: int = 96,
                    fov_deg: float = 70.0, stamp_step_ns: int = 500_000_000,
                    box_offsets_per_kf: Optional[list] = None) -> list[Keyframe]:
@@ -284,5 +296,5 @@ def world_points(kf: Keyframe, T: Optional[np.ndarray] = None) -> np.ndarray:
     return transform_points(kf.T_world_cam if T is None else T, kf.points_cam)
 
 
-__all__ = ["BoxRoom", "render", "make_keyframes", "circle_poses", "look_at", "DriftingFrontendDouble",
+__all__ = ["BoxRoom", "render", "make_keyframes", "circle_poses", "strafe_poses", "look_at", "DriftingFrontendDouble",
            "ate_rmse", "crop_resize_map", "smooth_field", "invert_T", "world_points"]

@@ -85,7 +85,8 @@ class MvsConfig:
     min_texture: float = param(2.0, "smallest grey-level standard deviation (0..255) in the ZNCC window",
                                min=0.0)
     geo_px: float = param(1.0, "geometric filter: forward-backward reprojection error in pixels", min=0.1)
-    geo_rel_depth: float = param(0.01, "geometric filter: relative depth error", min=0.001, max=0.5)
+    geo_rel_depth: float = param(0.01, "geometric filter: relative depth error on a 640-pixel grid (scaled by "
+                                 "640 / grid side, at most 4x, on coarser grids)", min=0.001, max=0.5)
     min_consistent: int = param(2, "sources that must pass the geometric filter", min=1, max=10)
     min_baseline_ratio: float = param(0.02, "smallest baseline / depth ratio of a source", min=0.0)
     max_angle_deg: float = param(40.0, "largest viewing-angle difference of a source", min=1.0, max=180.0)
