@@ -184,15 +184,19 @@ def circle_poses(n: int, radius: float = 0.8, turns: float = 1.0, height: float 
     return poses
 
 
-def strafe_poses(n: int, step: float = 0.15, distance: float = 1.8, yaw_deg: float = 20.0) -> list[np.ndarray]:
-    """Cameras translating sideways in front of the z = +3 wall, alternately yawed (wide baselines)."""
+def strafe_poses(n: int, step: float = 0.15, distance: float = 1.8, yaw_deg: float = 20.0,
+                 target: Optional[np.ndarray] = None) -> list[np.ndarray]:
+    """Cameras translating sideways in front of the z = +3 wall, alternately yawed (wide baselines),
+    or all looking at ``target`` when given."""
     poses = []
     for k in range(n):
         x = -0.5 * step * (n - 1) + step * k
         eye = np.array([x, 0.1 * np.sin(k), 3.0 - distance])
-        yaw = np.radians(yaw_deg) * np.sin(0.7 * k)
-        target = eye + np.array([np.sin(yaw), 0.05, np.cos(yaw)])
-        poses.append(look_at(eye, target))
+        if target is None:
+            yaw = np.radians(yaw_deg) * np.sin(0.7 * k)
+            poses.append(look_at(eye, eye + np.array([np.sin(yaw), 0.05, np.cos(yaw)])))
+        else:
+            poses.append(look_at(eye, np.asarray(target, float)))
     return poses
 
 

@@ -30,6 +30,17 @@ def subsampled_points(kf: Keyframe, stride: int) -> np.ndarray:
     return P[V].astype(np.float64)
 
 
+def mask_on_grid(kf: Keyframe, mask: np.ndarray) -> np.ndarray:
+    """An image-resolution mask (True = ignore) sampled on the keyframe's pointmap grid (nearest)."""
+    h, w = kf.points_cam.shape[:2]
+    uu, vv = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
+    uv = kf.pixel_map.to_image(np.stack([uu, vv], -1))
+    H, W = mask.shape
+    xi = np.clip(np.rint(uv[..., 0]), 0, W - 1).astype(np.int64)
+    yi = np.clip(np.rint(uv[..., 1]), 0, H - 1).astype(np.int64)
+    return np.asarray(mask, bool)[yi, xi]
+
+
 def depth_lookup(kfs: Sequence[Keyframe]) -> tuple[np.ndarray, np.ndarray]:
     """Stacked depth maps (N, h, w) (NaN invalid) and intrinsics (N, 3, 3); all pointmaps must share a size."""
     D = np.stack([kf.depth for kf in kfs]).astype(np.float64)

@@ -32,7 +32,7 @@ from recon_ros.geometry.camera import backproject_depth
 from recon_ros.geometry.transforms import invert_T
 from recon_ros.mapping.frame import Keyframe
 from recon_ros.refine.align import pick_device
-from recon_ros.refine.graph import subsampled_points
+from recon_ros.refine.graph import mask_on_grid, subsampled_points
 from recon_ros.refine.schema import MvsConfig
 
 log = logging.getLogger(__name__)
@@ -390,7 +390,7 @@ class DepthRefiner:
                                                 pose_list[i], [pose_list[j] for j in srcs])
             replaced = sw.photometric_ok & (count >= cfg.min_consistent) & np.isfinite(final) & kf.valid
             if masks and masks.get(kf.id) is not None:
-                replaced &= ~_mask_on_grid(kf, masks[kf.id])
+                replaced &= ~mask_on_grid(kf, masks[kf.id])
             depth = np.where(replaced, final, kf.depth).astype(np.float32)
             pts = kf.points_cam.copy()
             new_pts = backproject_depth(np.where(replaced, final, np.nan), kf.K)
@@ -417,14 +417,3 @@ def _smooth_prior(d0: np.ndarray, ok: np.ndarray) -> np.ndarray:
     logd = np.where(ok, np.log(np.where(ok, d0, 1.0)), np.median(np.log(d0[ok]))).astype(np.float32)
     smooth = cv2.medianBlur(logd, 5)
     return np.where(ok, np.exp(smooth), 1.0).astype(np.float32)
-
-
-def _mask_on_grid(kf: Keyframe, mask: np.ndarray) -> np.ndarray:
-    """An image-resolution mask (True = ignore) sampled on the keyframe's pointmap grid (nearest)."""
-    h, w = kf.points_cam.shape[:2]
-    uu, vv = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
-    uv = kf.pixel_map.to_image(np.stack([uu, vv], -1))
-    H, W = mask.shape
-    xi = np.clip(np.rint(uv[..., 0]), 0, W - 1).astype(np.int64)
-    yi = np.clip(np.rint(uv[..., 1]), 0, H - 1).astype(np.int64)
-    return np.asarray(mask, bool)[yi, xi]
