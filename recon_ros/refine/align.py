@@ -82,19 +82,6 @@ def pick_device(name: str) -> torch.device:
 # First-order Sim(3) increments used inside the residual functions (exact first derivatives at 0)
 # ---------------------------------------------------------------------------------------------
 
-def _delta_apply(d: torch.Tensor, X: torch.Tensor, p: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
-    """D(d)(X) = exp(s) (I + [w]x)(X - p) + p + L t, for d = (w, t, s) per row."""
-    y = X - p
-    y = y + torch.cross(d[:, :3], y, dim=1)
-    return torch.exp(d[:, 6:7]) * y + p + L[:, None] * d[:, 3:6]
-
-
-def _delta_apply_inv(d: torch.Tensor, Y: torch.Tensor, p: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
-    z = Y - p - L[:, None] * d[:, 3:6]
-    z = z - torch.cross(d[:, :3], z, dim=1)
-    return torch.exp(-d[:, 6:7]) * z + p
-
-
 def _delta_matrix(d: torch.Tensor, p: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
     """4x4 matrices of the first-order increments (M, 4, 4)."""
     m = d.shape[0]
@@ -246,57 +233,93 @@ class GlobalAligner:
         return cy * cells_w + cx
 
     # ----------------------------------------------------------------------------- residuals
-    def _points_world(self, T: torch.Tensor, X: torch.Tensor, alpha: torch.Tensor, lf: torch.Tensor
-                      ) -> torch.Tensor:
-        """World points of camera points X under poses T (M, 4, 4), anchor offsets and focal change."""
-        scale = torch.exp(alpha)[:, None]
+    def _geometry(self, P: _Problem, sel: slice, Tc: torch.Tensor, alpha: torch.Tensor, lf: torch.Tensor
+                  ) -> dict:
+        """World points and pose blocks of a chunk of matches under the current state."""
+        ea, eb = P.ea[sel], P.eb[sel]
+        Ta, Tb = Tc[ea], Tc[eb]
         lat = torch.exp(-lf)
-        Xs = torch.cat([X[:, :2] * lat[:, None], X[:, 2:3]], dim=1) * scale
-        return torch.einsum("mij,mj->mi", T[:, :3, :3], Xs) + T[:, :3, 3]
 
-    def _res3d(self, P: _Problem, sel: slice, Tc: torch.Tensor, piv: torch.Tensor, Lp: torch.Tensor,
-               alpha: torch.Tensor) -> Callable:
-        ea, eb = P.ea[sel], P.eb[sel]
-        Xa, Xb, L = P.Xa[sel], P.Xb[sel], P.L_edge[sel]
-        Ta, Tb = Tc[ea], Tc[eb]
-        zero = torch.zeros(len(L), dtype=self.dtype, device=self.device)
-        Wa = self._points_world(Ta, Xa, alpha[P.anc_a[sel]], zero)
-        Wb = self._points_world(Tb, Xb, alpha[P.anc_b[sel]], zero)
+        def scaled(X: torch.Tensor, al: torch.Tensor) -> torch.Tensor:
+            return torch.cat([X[:, :2] * lat, X[:, 2:3]], 1) * torch.exp(al)[:, None]
+
+        Xsa = scaled(P.Xa[sel], alpha[P.anc_a[sel]])
+        Xsb = scaled(P.Xb[sel], alpha[P.anc_b[sel]])
+        Aa, Ab = Ta[:, :3, :3], Tb[:, :3, :3]
+        AXa = (Aa @ Xsa[:, :, None])[:, :, 0]
+        AXb = (Ab @ Xsb[:, :, None])[:, :, 0]
+        return dict(ea=ea, eb=eb, Ta=Ta, Tb=Tb, Aa=Aa, Ab=Ab, Xsa=Xsa, Xsb=Xsb, AXa=AXa, AXb=AXb,
+                    Wa=AXa + Ta[:, :3, 3], Wb=AXb + Tb[:, :3, 3])
+
+    @staticmethod
+    def _delta_jac(W: torch.Tensor, p: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
+        """d D(delta)(W) / d delta at delta = 0: [-[y]x | L I | y] with y = W - p, (m, 3, 7)."""
+        y = W - p
+        m = y.shape[0]
+        J = torch.zeros(m, 3, 7, dtype=W.dtype, device=W.device)
+        J[:, 0, 1], J[:, 0, 2] = y[:, 2], -y[:, 1]
+        J[:, 1, 0], J[:, 1, 2] = -y[:, 2], y[:, 0]
+        J[:, 2, 0], J[:, 2, 1] = y[:, 1], -y[:, 0]
+        J[:, 0, 3] = J[:, 1, 4] = J[:, 2, 5] = L
+        J[:, :, 6] = y
+        return J
+
+    def _lin3d(self, P: _Problem, sel: slice, Tc, piv, Lp, alpha, lf, jac: bool):
+        """Coarse residuals (m, 3) and Jacobians (m, 3, 14)."""
+        g = self._geometry(P, sel, Tc, alpha, lf)
+        L = P.L_edge[sel][:, None]
+        r = (g["Wa"] - g["Wb"]) / L
+        if not jac:
+            return r, None, None, None
+        Ja = self._delta_jac(g["Wa"], piv[g["ea"]], Lp[g["ea"]]) / L[:, :, None]
+        Jb = -self._delta_jac(g["Wb"], piv[g["eb"]], Lp[g["eb"]]) / L[:, :, None]
+        return r, torch.cat([Ja, Jb], 2), None, None
+
+    @staticmethod
+    def _project(Tinv: torch.Tensor, K: torch.Tensor, W: torch.Tensor, lf: torch.Tensor):
+        """Pixels (m, 2), d pixel / d world point (m, 2, 3) and normalised coordinates (m, 2)."""
+        A = Tinv[:, :3, :3]
+        Xc = (A @ W[:, :, None])[:, :, 0] + Tinv[:, :3, 3]
+        z = Xc[:, 2].clamp_min(1e-6)
+        f = torch.exp(lf)
+        fx, fy = K[:, 0, 0] * f, K[:, 1, 1] * f
+        xn, yn = Xc[:, 0] / z, Xc[:, 1] / z
+        uv = torch.stack([fx * xn + K[:, 0, 2], fy * yn + K[:, 1, 2]], 1)
+        Jp = torch.zeros(W.shape[0], 2, 3, dtype=W.dtype, device=W.device)
+        Jp[:, 0, 0] = fx / z
+        Jp[:, 0, 2] = -fx * xn / z
+        Jp[:, 1, 1] = fy / z
+        Jp[:, 1, 2] = -fy * yn / z
+        return uv, Jp @ A, torch.stack([fx * xn, fy * yn], 1)
+
+    def _lin2d(self, P: _Problem, sel: slice, Tc, piv, Lp, alpha, lf, jac: bool, with_focal: bool = False,
+               with_anchors: bool = False):
+        """Fine residuals (m, 4) = (a's point in b, b's point in a) and Jacobians."""
+        g = self._geometry(P, sel, Tc, alpha, lf)
+        ea, eb = g["ea"], g["eb"]
+        Tia, Tib = _sim3_inv(g["Ta"]), _sim3_inv(g["Tb"])
+        uv_ab, JpA_b, fxy_b = self._project(Tib, P.K[eb], g["Wa"], lf)
+        uv_ba, JpA_a, fxy_a = self._project(Tia, P.K[ea], g["Wb"], lf)
+        r = torch.cat([uv_ab - P.uvb[sel], uv_ba - P.uva[sel]], 1)
+        if not jac:
+            return r, None, None, None
         pa, pb, La, Lb = piv[ea], piv[eb], Lp[ea], Lp[eb]
-
-        def f(da, db, lf, aa, ab):
-            A = _delta_apply(da, Wa * torch.exp(aa)[:, None] + (1 - torch.exp(aa))[:, None] * Ta[:, :3, 3], pa, La)
-            B = _delta_apply(db, Wb * torch.exp(ab)[:, None] + (1 - torch.exp(ab))[:, None] * Tb[:, :3, 3], pb, Lb)
-            return (A - B) / L[:, None]
-        return f
-
-    def _res2d(self, P: _Problem, sel: slice, Tc: torch.Tensor, piv: torch.Tensor, Lp: torch.Tensor,
-               alpha: torch.Tensor, lf0: torch.Tensor) -> Callable:
-        ea, eb = P.ea[sel], P.eb[sel]
-        Xa, Xb = P.Xa[sel], P.Xb[sel]
-        Ta, Tb = Tc[ea], Tc[eb]
-        Ta_inv, Tb_inv = _sim3_inv(Ta), _sim3_inv(Tb)
-        Ka, Kb = P.K[ea], P.K[eb]
-        pa, pb, La, Lb = piv[ea], piv[eb], Lp[ea], Lp[eb]
-        al_a, al_b = alpha[P.anc_a[sel]], alpha[P.anc_b[sel]]
-        uva, uvb = P.uva[sel], P.uvb[sel]
-
-        def proj(Tinv, K, Y, lf):
-            Xc = torch.einsum("mij,mj->mi", Tinv[:, :3, :3], Y) + Tinv[:, :3, 3]
-            z = Xc[:, 2].clamp_min(1e-6)
-            f = torch.exp(lf)
-            u = K[:, 0, 0] * f * Xc[:, 0] / z + K[:, 0, 2]
-            v = K[:, 1, 1] * f * Xc[:, 1] / z + K[:, 1, 2]
-            return torch.stack([u, v], dim=1)
-
-        def f(da, db, lf, aa, ab):
-            lfm = (lf0 + lf).expand(len(da)) if lf.dim() == 0 else lf0 + lf
-            Wa = _delta_apply(da, self._points_world(Ta, Xa, al_a + aa, lfm), pa, La)
-            Wb = _delta_apply(db, self._points_world(Tb, Xb, al_b + ab, lfm), pb, Lb)
-            ra = proj(Tb_inv, Kb, _delta_apply_inv(db, Wa, pb, Lb), lfm) - uvb
-            rb = proj(Ta_inv, Ka, _delta_apply_inv(da, Wb, pa, La), lfm) - uva
-            return torch.cat([ra, rb], dim=1)
-        return f
+        top = torch.cat([JpA_b @ self._delta_jac(g["Wa"], pa, La), -JpA_b @ self._delta_jac(g["Wa"], pb, Lb)], 2)
+        bot = torch.cat([-JpA_a @ self._delta_jac(g["Wb"], pa, La), JpA_a @ self._delta_jac(g["Wb"], pb, Lb)], 2)
+        J = torch.cat([top, bot], 1)
+        Jf = Ja = None
+        if with_focal:
+            lat_a = torch.cat([-g["Xsa"][:, :2], torch.zeros_like(g["Xsa"][:, 2:])], 1)
+            lat_b = torch.cat([-g["Xsb"][:, :2], torch.zeros_like(g["Xsb"][:, 2:])], 1)
+            dfa = fxy_b + (JpA_b @ (g["Aa"] @ lat_a[:, :, None]))[:, :, 0]
+            dfb = fxy_a + (JpA_a @ (g["Ab"] @ lat_b[:, :, None]))[:, :, 0]
+            Jf = torch.cat([dfa, dfb], 1)
+        if with_anchors:
+            da = (JpA_b @ g["AXa"][:, :, None])[:, :, 0]
+            db = (JpA_a @ g["AXb"][:, :, None])[:, :, 0]
+            z2 = torch.zeros_like(da)
+            Ja = torch.stack([torch.cat([da, z2], 1), torch.cat([z2, db], 1)], 2)
+        return r, J, Jf, Ja
 
     def _res_odo(self, P: _Problem, Tc: torch.Tensor, piv: torch.Tensor, Lp: torch.Tensor,
                  unit: float) -> Callable:
@@ -458,14 +481,18 @@ class GlobalAligner:
 
     def _residual_fns(self, P: _Problem, poses: np.ndarray, alpha: torch.Tensor, lf: torch.Tensor, phase: str,
                       f_mean: float):
+        """Per-chunk linearisation callables ``lin(jac, with_focal, with_anchors)`` and the odometry residual."""
         Tc = torch.as_tensor(poses, dtype=self.dtype, device=self.device)
         piv, Lp = self._pivots(P, poses)
         m = len(P.conf)
         chunks = [slice(i, min(i + CHUNK, m)) for i in range(0, m, CHUNK)]
-        if phase == "coarse":
-            fns = [(s, self._res3d(P, s, Tc, piv, Lp, alpha)) for s in chunks]
-        else:
-            fns = [(s, self._res2d(P, s, Tc, piv, Lp, alpha, lf)) for s in chunks]
+        fns = []
+        for s in chunks:
+            if phase == "coarse":
+                fns.append((s, lambda jac, wf=False, wa=False, s=s: self._lin3d(P, s, Tc, piv, Lp, alpha, lf, jac)))
+            else:
+                fns.append((s, lambda jac, wf=False, wa=False, s=s: self._lin2d(P, s, Tc, piv, Lp, alpha, lf, jac,
+                                                                               wf, wa)))
         odo = self._res_odo(P, Tc, piv, Lp, 1.0 if phase == "coarse" else f_mean) if len(P.odo_ab) else None
         return fns, odo
 
@@ -485,8 +512,7 @@ class GlobalAligner:
             total = torch.zeros((), dtype=self.dtype, device=self.device)
             wsum = (P.conf * active).sum().clamp_min(1e-12)
             for s, f in fns:
-                m = s.stop - s.start
-                r = f(z7(m), z7(m), zf, z1(m), z1(m))
+                r = f(False)[0]
                 rn = self._norms(r, phase)
                 total = total + (P.conf[s] * active[s] * _robust_cost(rn, kind, c).sum(1)).sum() / wsum
             if odo is not None:
@@ -509,10 +535,7 @@ class GlobalAligner:
             fns, _ = self._residual_fns(P, poses, alpha, lf, "fine", 1.0)
             out = []
             for s, f in fns:
-                m = s.stop - s.start
-                z7 = torch.zeros(m, 7, dtype=self.dtype, device=self.device)
-                z1 = torch.zeros(m, dtype=self.dtype, device=self.device)
-                r = self._norms(f(z7, z7, torch.zeros((), dtype=self.dtype, device=self.device), z1, z1), "fine")
+                r = self._norms(f(False)[0], "fine")
                 out.append(r[active[s]].reshape(-1))
             allr = torch.cat(out) if out else torch.zeros(0)
             return float(allr.median()) if len(allr) else float("nan")
@@ -535,8 +558,7 @@ class GlobalAligner:
         ge = torch.zeros(E, 14 + nf, dtype=dt, device=dev)
         wsum = (P.conf * active).sum().clamp_min(1e-12)
         for s, f in fns:
-            m = s.stop - s.start
-            r, J, Jf, Ja = self._jac(f, m, with_focal, with_anchors)
+            r, J, Jf, Ja = f(True, with_focal, with_anchors)
             rn = self._norms(r, phase)
             w = _robust_weight(rn, kind, c) * (P.conf[s] * active[s] / wsum)[:, None]
             wr = w.repeat_interleave(r.shape[1] // w.shape[1], dim=1)  # per residual component
@@ -636,7 +658,7 @@ class GlobalAligner:
                     accepted = True
                     break
                 lam *= 8.0
-            if not accepted or rel < 1e-7:
+            if not accepted or rel < 1e-6:
                 break
         return poses, it, alpha, lf
 
@@ -647,11 +669,7 @@ class GlobalAligner:
             fns, _ = self._residual_fns(P, poses, alpha, lf, "coarse", 1.0)
             norms = []
             for s, f in fns:
-                m = s.stop - s.start
-                z7 = torch.zeros(m, 7, dtype=self.dtype, device=self.device)
-                z1 = torch.zeros(m, dtype=self.dtype, device=self.device)
-                norms.append(torch.linalg.norm(f(z7, z7, torch.zeros((), dtype=self.dtype, device=self.device),
-                                                 z1, z1), dim=1))
+                norms.append(torch.linalg.norm(f(False)[0], dim=1))
             r = torch.cat(norms)
             med = r[active].median() if active.any() else torch.zeros((), dtype=self.dtype)
             scale = 1.4826 * med
