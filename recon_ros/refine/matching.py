@@ -101,8 +101,9 @@ def mutual_ratio_matches(d1: np.ndarray, d2: np.ndarray, ratio: float) -> tuple[
     d21 = np.sort(np.partition(dist, 1, axis=0)[:2], axis=0)
     i1 = np.arange(len(d1))
     mutual = nn21[nn12] == i1
-    r12 = d12[:, 0] / np.maximum(d12[:, 1], 1e-12)
-    r21 = d21[0, nn12] / np.maximum(d21[1, nn12], 1e-12)
+    eps = 1e-9  # two identical candidates (0 / 0) are ambiguous: ratio 1
+    r12 = (d12[:, 0] + eps) / (d12[:, 1] + eps)
+    r21 = (d21[0, nn12] + eps) / (d21[1, nn12] + eps)
     keep = mutual & (r12 < ratio) & (r21 < ratio)
     return np.stack([i1[keep], nn12[keep]], axis=1), np.maximum(r12, r21)[keep]
 
