@@ -19,7 +19,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from recon_ros.geometry.camera import PixelMap, make_K
-from recon_ros.geometry.transforms import invert_T, make_T, rotvec_to_matrix, transform_points
+from recon_ros.geometry.transforms import make_T, rotvec_to_matrix, transform_points
 from recon_ros.mapping.frame import Keyframe
 
 TEXELS_PER_M = 64.0
@@ -301,4 +301,4 @@ def world_points(kf: Keyframe, T: Optional[np.ndarray] = None) -> np.ndarray:
 
 
 __all__ = ["BoxRoom", "render", "make_keyframes", "circle_poses", "strafe_poses", "look_at", "DriftingFrontendDouble",
-           "ate_rmse", "crop_resize_map", "smooth_field", "invert_T", "world_points"]
+           "ate_rmse", "crop_resize_map", "smooth_field", "world_points"]

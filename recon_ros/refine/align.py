@@ -565,8 +565,8 @@ class GlobalAligner:
             if with_focal:
                 J = torch.cat([J, Jf[:, :, None]], dim=2)
             Jw = J * wr[:, :, None]
-            He.index_add_(0, P.edge_of[s], torch.einsum("mri,mrj->mij", Jw, J))
-            ge.index_add_(0, P.edge_of[s], torch.einsum("mri,mr->mi", Jw, r))
+            He.index_add_(0, P.edge_of[s], torch.bmm(Jw.transpose(1, 2), J))
+            ge.index_add_(0, P.edge_of[s], torch.bmm(Jw.transpose(1, 2), r[:, :, None])[:, :, 0])
             if with_anchors:
                 Ha.index_add_(0, P.anc_a[s], (Ja[:, :, 0] ** 2 * wr).sum(1))
                 Ha.index_add_(0, P.anc_b[s], (Ja[:, :, 1] ** 2 * wr).sum(1))
@@ -648,7 +648,8 @@ class GlobalAligner:
                     continue
                 step_np = step.detach().cpu().numpy()
                 cand = self._apply(P, poses, free_mask, step_np[:7 * n_free])
-                lf_c = lf + (step[7 * n_free] if with_focal else 0.0)
+                # focal guard: the shared focal may change by at most a factor of 2
+                lf_c = (lf + step[7 * n_free]).clamp(-math.log(2.0), math.log(2.0)) if with_focal else lf
                 alpha_c = alpha - ga / (Ha * (1.0 + lam)) if with_anchors else alpha
                 new = self._cost(P, cand, alpha_c, lf_c, phase, active, f_mean)
                 if math.isfinite(new) and new <= cost:
