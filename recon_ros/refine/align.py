@@ -610,12 +610,20 @@ class GlobalAligner:
         H.view(-1).index_add_(0, flat[pair_ok], Hb[pair_ok])
 
     def _apply(self, P: _Problem, poses: np.ndarray, free_mask: np.ndarray, delta: np.ndarray) -> np.ndarray:
+        """Compose the exact Sim(3) increments of all free keyframes onto their poses (batched)."""
         piv, Lp = self._pivots(P, poses)
-        piv, Lp = piv.cpu().numpy(), Lp.cpu().numpy()
+        idx = np.flatnonzero(free_mask)
+        d = delta.reshape(-1, 7)[P.slot[idx]]
+        p = piv.cpu().numpy()[idx]
+        L = Lp.cpu().numpy()[idx]
+        R = rotvec_to_matrix(d[:, :3])
+        sc = np.exp(d[:, 6])
+        D = np.zeros((len(idx), 4, 4))
+        D[:, :3, :3] = sc[:, None, None] * R
+        D[:, :3, 3] = p - sc[:, None] * np.einsum("nij,nj->ni", R, p) + L[:, None] * d[:, 3:6]
+        D[:, 3, 3] = 1.0
         out = poses.copy()
-        for k in np.flatnonzero(free_mask):  # small per-keyframe composition after the solve
-            s = P.slot[k]
-            out[k] = exact_delta(delta[7 * s: 7 * s + 7], piv[k], float(Lp[k])) @ poses[k]
+        out[idx] = D @ poses[idx]
         return out
 
     def _lm(self, P: _Problem, poses: np.ndarray, free_mask: np.ndarray, alpha: torch.Tensor, lf: torch.Tensor,
