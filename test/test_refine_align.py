@@ -1,6 +1,8 @@
 """Sparse global alignment on synthetic loops with a drifting frontend (a test double)."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -121,15 +123,33 @@ def test_too_few_matches_leaves_poses_unchanged(drift_run):
         np.testing.assert_array_equal(res.poses[kf.id], kf.T_world_cam)
 
 
-def test_diverging_problem_is_rejected(drift_run):
+def test_non_finite_matches_are_skipped(drift_run):
     drifted, refiner, _ = drift_run
     edges = [e for e in refiner.graph.edges.values() if e is not None]
-    bad = []
-    for e in edges:  # corrupt every lifted point with NaN: the solve must not produce poses
-        e2 = type(e)(**{**e.__dict__, "X_a": np.full_like(e.X_a, np.nan)})
-        bad.append(e2)
+    bad = [dataclasses.replace(e, X_a=np.full_like(e.X_a, np.nan)) if k % 2 == 0 else e for k, e in enumerate(edges)]
     res = GlobalAligner(AlignConfig()).align(drifted, bad)
-    assert not res.changed
+    n_bad = sum(len(e) for k, e in enumerate(edges) if k % 2 == 0)
+    assert res.stats["nonfinite_matches_skipped"] == n_bad
+    assert res.changed and all(np.all(np.isfinite(T)) for T in res.poses.values())
+    res = GlobalAligner(AlignConfig()).align(drifted, [dataclasses.replace(e, X_a=np.full_like(e.X_a, np.nan))
+                                                        for e in edges])
+    assert not res.changed and "too few matches" in res.reason
+
+
+def test_diverging_solve_is_rejected(drift_run, monkeypatch):
+    """A solver step that makes things worse (simulated) must leave the input poses in place."""
+    drifted, refiner, _ = drift_run
+    edges = [e for e in refiner.graph.edges.values() if e is not None]
+    aligner = GlobalAligner(AlignConfig(fine_iterations=0))
+
+    def wrong(P, poses, free_mask, *args, **kwargs):
+        out = poses.copy()
+        out[free_mask, :3, 3] += np.random.default_rng(0).normal(0.0, 0.3, (int(free_mask.sum()), 3))
+        return out, 1
+
+    monkeypatch.setattr(aligner, "_lm", wrong)
+    res = aligner.align(drifted, edges)
+    assert not res.changed and "diverged" in res.reason and res.cost_after > res.cost_before
     for kf in drifted:
         np.testing.assert_array_equal(res.poses[kf.id], kf.T_world_cam)
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -397,11 +397,14 @@ class GlobalAligner:
             free_mask[0] = False
         if free_mask.all() and len(kfs):
             free_mask[0] = False
+        edges, n_bad = _finite_edges(edges)
+        if n_bad:
+            log.warning("global alignment: %d matches with non-finite values skipped", n_bad)
         unchanged = AlignResult(poses={i: P0[k].copy() for k, i in enumerate(ids)},
                                 corrections={i: np.eye(4) for i in ids}, changed=False)
         n_match = int(sum(len(e) for e in edges))
         unchanged.stats = {"keyframes": len(kfs), "free": int(free_mask.sum()), "edges": len(edges),
-                           "matches": n_match}
+                           "matches": n_match, "nonfinite_matches_skipped": n_bad}
         if not cfg.enabled:
             unchanged.reason = "alignment disabled"
             return unchanged
@@ -691,6 +694,20 @@ class GlobalAligner:
             log.debug("outlier rejection: %d of %d matches kept, %d edges dropped",
                       int(keep.sum()), int(active.sum()), int(bad_edge.sum()))
             return keep
+
+
+def _finite_edges(edges: Sequence[PairMatches]) -> tuple[list, int]:
+    """Edges with their non-finite matches removed (edges left empty are dropped) and the count removed."""
+    out, bad = [], 0
+    for e in edges:
+        ok = (np.all(np.isfinite(e.X_a), 1) & np.all(np.isfinite(e.X_b), 1) & np.all(np.isfinite(e.uv_a), 1)
+              & np.all(np.isfinite(e.uv_b), 1) & np.isfinite(e.conf) & (e.X_a[:, 2] > 0) & (e.X_b[:, 2] > 0))
+        bad += int((~ok).sum())
+        if ok.all():
+            out.append(e)
+        elif ok.any():
+            out.append(replace(e, uv_a=e.uv_a[ok], uv_b=e.uv_b[ok], X_a=e.X_a[ok], X_b=e.X_b[ok], conf=e.conf[ok]))
+    return out, bad
 
 
 def window_sets(ids: Sequence[int], edges: Sequence[PairMatches], window: int) -> tuple[list, list, list]:
