@@ -298,8 +298,11 @@ def add_cli_args(parser: argparse.ArgumentParser, cls: type, groups: Optional[Se
 
 
 def apply_cli_args(cfg: Any, args: argparse.Namespace) -> Any:
-    """Apply the ``--group.name`` flags that were given on the command line to ``cfg``."""
+    """Apply the ``--group.name`` flags of ``cfg``'s schema that were given on the command
+    line (flags of other schemas added to the same parser are left alone)."""
+    known = {spec.name for spec in iter_params(type(cfg))}
     for key, value in vars(args).items():
-        if key.startswith("cfg__") and value is not None:
-            set_value(cfg, key[len("cfg__"):], value)
+        name = key[len("cfg__"):]
+        if key.startswith("cfg__") and value is not None and name in known:
+            set_value(cfg, name, value)
     return cfg

@@ -7,17 +7,33 @@ keyframes.tum + keyframes/ (keyframe records), recon_bag/ (fused cloud, poses, p
 effective configuration) and summary.json. Ctrl-C stops early and still writes complete
 outputs of what was processed.
 
+With --refine the background stages run on the refiner node's schedule (in stream time):
+sparse global alignment of the keyframes re-anchors the map, MVS refinement replaces keyframe
+depth where it passes the checks, and transient points leave the map; trajectory_before.tum
+and map_before.ply keep the frontend-only results for comparison.
+
 examples:
   recon-ros replay scene.bag --frontend rgbd --out out/scene
   recon-ros replay scans/scene0000_00 --checkpoint spann3r.pth --device cuda --stride 5
   recon-ros replay scene.bag --config my.yaml --map.voxel_size_m 0.01
+  recon-ros replay scene.bag --frontend rgbd --refine --schedule.align_period_s 2
 """
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
-from recon_ros.config import add_cli_args
+from recon_ros.config import add_cli_args, group
+from recon_ros.refine.schema import RefineConfig, ScheduleConfig
+
+
+@dataclass
+class RefineArgs:
+    """The --refine.* and --schedule.* flags (used with --refine)."""
+
+    refine: RefineConfig = group(RefineConfig)
+    schedule: ScheduleConfig = group(ScheduleConfig)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +57,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bag-storage", choices=("sqlite3", "mcap"), default="sqlite3",
                         help="storage of the output bag (default sqlite3, plays on Humble and Jazzy)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--refine", action="store_true",
+                        help="run global alignment, MVS refinement and transient removal periodically")
+    parser.add_argument("--no-transients", action="store_true", help="with --refine: keep transient points")
     add_cli_args(parser, ReconConfig)
+    add_cli_args(parser, RefineArgs)
 
 
 def build_config(args: argparse.Namespace):
@@ -86,6 +106,13 @@ def run(args: argparse.Namespace) -> int:
 
     log = logging.getLogger("recon_ros.replay")
     cfg = build_config(args)
+    refinement = None
+    if args.refine:
+        from recon_ros.config import apply_cli_args
+        from recon_ros.refine.periodic import PeriodicRefinement
+        rargs = apply_cli_args(RefineArgs(), args)
+        refinement = PeriodicRefinement(rargs.refine, rargs.schedule, map_cfg=cfg.map,
+                                        transients=not args.no_transients)
     source = open_input(args, use_depth=not args.no_depth)
     out = Path(args.out) if args.out else Path("recon_out") / Path(args.input).resolve().name
     with source:
@@ -93,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         log.info("replaying %s with the %s frontend into %s", source.describe(), recon.frontend.name, out)
         res = run_replay(recon, source, out, total=len(source) or None, bag=not args.no_bag,
                          bag_storage=args.bag_storage, progress=not args.no_progress,
-                         source_skips=source.skips)
+                         source_skips=source.skips, refinement=refinement)
     st = res.stats
     print(f"{res.frames_in} frames in {res.seconds:.1f} s ({res.fps:.1f} frames/s): "
           f"{st['keyframes']} keyframes, {st['map_points']} map points, scale {st['scale']:.4f}"

@@ -12,6 +12,7 @@ pose follows the correction of the keyframe it was tracked after.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -130,7 +131,9 @@ class Reconstructor:
 
     def _reset_state(self) -> None:
         self._traj: list[_TrajEntry] = []
-        self._kf_raw: dict[int, tuple[np.ndarray, float]] = {}  # id -> (raw pose, scale used)
+        # id -> [frontend pose (frontend units), scale its points were built with, scale the
+        # map currently applies to it]
+        self._kf_raw: dict[int, list] = {}
         self._keyframes: dict[int, Keyframe] = {}
         self._last_stamp: Optional[int] = None
         self._skips: dict[str, int] = {}
@@ -206,7 +209,7 @@ class Reconstructor:
                 kf = self.selector.consider(est, est.frame, known)
             if kf is not None:
                 self.map.add_keyframe(kf)
-                self._kf_raw[kf.id] = (np.array(est.T_world_cam, dtype=np.float64), s)
+                self._kf_raw[kf.id] = [np.array(est.T_world_cam, dtype=np.float64), s, s]
                 self._keyframes[kf.id] = kf
                 result.new_keyframes.append(kf)
                 result.map_changed = True
@@ -224,25 +227,30 @@ class Reconstructor:
             return False
         s = self.scale
         changed = False
-        for kf_id, (T_raw, s_used) in list(self._kf_raw.items()):
-            ratio = s / s_used
+        for kf_id, entry in self._kf_raw.items():
+            ratio = s / entry[2]
             if abs(ratio - 1.0) <= self.cfg.scale_tolerance:
                 continue
             if kf_id in self.map:
                 self.map.apply_correction(kf_id, make_T(np.eye(3), np.zeros(3), ratio))
-            self._kf_raw[kf_id] = (T_raw, s)
+            entry[2] = s
             changed = True
         if changed:
             log.info("scale estimate now %.4f m/unit: map re-anchored", s)
         return changed
 
     # ------------------------------------------------------------------ corrections
+    def frontend_pose(self, kf_id: int) -> np.ndarray:
+        """A keyframe's pose from the frontend alone (scale applied, no refinement
+        corrections): a Sim(3) that maps its stored ``points_cam`` into the current world."""
+        T_raw, s_built, s_applied = self._kf_raw[kf_id]
+        return make_T(np.eye(3), np.zeros(3), s_applied / s_built) @ scale_pose(T_raw, s_built)
+
     def _correction(self, kf_id: int) -> np.ndarray:
-        """Current map pose of a keyframe relative to the pose it was built with."""
-        T_raw, s_used = self._kf_raw[kf_id]
+        """The refinement correction of a keyframe: its map pose relative to its frontend pose."""
         if kf_id not in self.map:
-            return make_T(np.eye(3), np.zeros(3), self.scale / s_used)
-        return self.map.pose(kf_id) @ invert_T(scale_pose(T_raw, s_used))
+            return np.eye(4)
+        return self.map.pose(kf_id) @ invert_T(self.frontend_pose(kf_id))
 
     def apply_corrections(self, poses: dict[int, np.ndarray]) -> int:
         """Re-anchor keyframes to corrected poses, matched by keyframe stamp (ns). Returns how
@@ -273,27 +281,31 @@ class Reconstructor:
         return True
 
     # ------------------------------------------------------------------ outputs
-    def trajectory(self) -> list[tuple[int, np.ndarray]]:
-        """(stamp_ns, T_world_cam) of every processed frame, metric and corrected, rigid."""
+    def trajectory(self, corrected: bool = True) -> list[tuple[int, np.ndarray]]:
+        """(stamp_ns, T_world_cam) of every processed frame, metric, rigid. With ``corrected``
+        each frame follows the refinement correction of the keyframe it was tracked after;
+        without, these are the frontend's poses."""
         out = []
         for e in self._traj:
             if e.anchor is None or e.anchor not in self._kf_raw:
                 T = scale_pose(e.T_raw, self.scale)
             else:
-                _, s_used = self._kf_raw[e.anchor]
-                T = self._correction(e.anchor) @ scale_pose(e.T_raw, s_used)
+                T = scale_pose(e.T_raw, self._kf_raw[e.anchor][2])
+                if corrected:
+                    T = self._correction(e.anchor) @ T
             out.append((e.stamp_ns, rigid_part(T)))
         return out
 
-    def keyframes(self) -> list[Keyframe]:
-        """The keyframes still in the map, with their current (possibly Sim(3)) poses."""
+    def keyframes(self, frontend_poses: bool = False) -> list[Keyframe]:
+        """The keyframes still in the map, with their current (possibly Sim(3)) map poses, or
+        with :meth:`frontend_pose` (what the refiner expects) when ``frontend_poses``."""
         out = []
         for kf_id in self.map.keyframe_ids():
             kf = self._keyframes.get(kf_id)
             if kf is None:
                 continue
-            kf.T_world_cam = self.map.pose(kf_id)
-            out.append(kf)
+            T = self.frontend_pose(kf_id) if frontend_poses else self.map.pose(kf_id)
+            out.append(dataclasses.replace(kf, T_world_cam=T))
         return out
 
     def fused_cloud(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

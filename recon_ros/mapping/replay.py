@@ -43,12 +43,29 @@ def _as_dict(counter: Any) -> dict:
     return dict(counter.as_dict() if hasattr(counter, "as_dict") else counter)
 
 
+def _write_before(recon: Reconstructor, refinement: Any, out_dir: Path) -> dict[str, Path]:
+    """The frontend-only trajectory and map, to compare with the refined ones."""
+    from recon_ros.io.ply import write_ply
+    from recon_ros.io.trajectory import write_tum
+
+    poses = recon.trajectory(corrected=False)
+    files = {"trajectory_before": write_tum(out_dir / "trajectory_before.tum", [s for s, _ in poses],
+                                            np.stack([T for _, T in poses]) if poses else np.zeros((0, 4, 4)),
+                                            header="frontend camera poses before refinement")}
+    if refinement.before is not None:
+        xyz, rgb, conf = refinement.before.fused()
+        files["map_before"] = write_ply(out_dir / "map_before.ply", xyz, rgb, conf)
+    return files
+
+
 def run_replay(recon: Reconstructor, frames: Iterable[Any], out_dir: Path, *, total: Optional[int] = None,
                bag: bool = True, bag_storage: str = "sqlite3", progress: bool = True,
-               source_skips: Any = None) -> ReplayResult:
+               source_skips: Any = None, refinement: Any = None) -> ReplayResult:
     """Process ``frames`` with ``recon`` and write map, trajectories, keyframes, output bag,
     effective config and a summary under ``out_dir``. ``source_skips`` is the source's skip
-    counter (read once the frames are consumed)."""
+    counter (read once the frames are consumed). ``refinement`` (a
+    :class:`recon_ros.refine.periodic.PeriodicRefinement`) runs the background stages on
+    their schedule and adds before/after outputs."""
     from tqdm import tqdm
 
     from recon_ros.io.bag_writer import BagWriter
@@ -66,8 +83,13 @@ def run_replay(recon: Reconstructor, frames: Iterable[Any], out_dir: Path, *, to
     bar = tqdm(total=total, unit="frame", disable=not progress, dynamic_ncols=True, desc="replay")
     t0 = time.perf_counter()
     every = recon.cfg.output.map_every_n
+    last_stamp: Optional[int] = None
 
-    def consume(step) -> None:
+    def consume(step, stamp_ns: Optional[int] = None, final: bool = False) -> None:
+        if refinement is not None:
+            refinement.add_keyframes(step.new_keyframes)
+            if stamp_ns is not None and (refinement.step(recon, stamp_ns, force=final) and recorder is not None):
+                recorder.map(recon, stamp_ns)
         for est in step.estimates:
             result.estimates += 1
             if recorder is not None:
@@ -82,7 +104,8 @@ def run_replay(recon: Reconstructor, frames: Iterable[Any], out_dir: Path, *, to
                 T_gt = frame.extras.get("T_world_cam_gt") if frame.extras else None
                 if T_gt is not None:
                     gt.append((frame.stamp_ns, np.asarray(T_gt, dtype=np.float64)))
-                consume(recon.process(frame))
+                consume(recon.process(frame), frame.stamp_ns)
+                last_stamp = frame.stamp_ns
                 bar.update(1)
                 if result.frames_in % 5 == 0:
                     st = recon.stats()
@@ -91,7 +114,7 @@ def run_replay(recon: Reconstructor, frames: Iterable[Any], out_dir: Path, *, to
         except KeyboardInterrupt:
             result.interrupted = True
             log.warning("interrupted: writing what was processed (%d frames)", result.frames_in)
-        consume(recon.flush())
+        consume(recon.flush(), last_stamp, final=True)
         result.seconds = time.perf_counter() - t0
         bar.close()
         if recorder is not None and result.estimates:
@@ -103,6 +126,8 @@ def run_replay(recon: Reconstructor, frames: Iterable[Any], out_dir: Path, *, to
             else:
                 writer.abort()
     result.files.update(recon.save(out_dir))
+    if refinement is not None:
+        result.files.update(_write_before(recon, refinement, out_dir))
     if gt:
         stamps = [s for s, _ in gt]
         result.files["gt_trajectory"] = write_tum(out_dir / "gt_trajectory.tum", stamps,
@@ -114,6 +139,7 @@ def run_replay(recon: Reconstructor, frames: Iterable[Any], out_dir: Path, *, to
         "frames_in": result.frames_in, "estimates": result.estimates, "seconds": round(result.seconds, 3),
         "fps": round(result.fps, 3), "interrupted": result.interrupted,
         "source_skips": _as_dict(source_skips), "reconstructor": result.stats,
+        "refinement": refinement.summary() if refinement is not None else None,
         "files": {k: str(v) for k, v in result.files.items()},
     }
     result.files["summary"] = write_text_atomic(out_dir / "summary.json",

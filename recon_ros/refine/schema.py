@@ -116,6 +116,18 @@ class TransientConfig:
 
 
 @dataclass
+class ScheduleConfig:
+    """When the background stages run (stream time in replay, ROS time in the node)."""
+
+    align_period_s: float = param(30.0, "run global alignment this often (0: only on request)",
+                                  min=0.0, max=86400.0, dynamic=True)
+    refine_period_s: float = param(120.0, "run depth refinement this often (0: only on request)",
+                                   min=0.0, max=86400.0, dynamic=True)
+    min_keyframes: int = param(3, "fewest keyframes before a stage runs", min=2, max=100000,
+                               dynamic=True)
+
+
+@dataclass
 class RefineConfig:
     """Background refinement: matching, sparse global alignment, MVS and transients."""
 

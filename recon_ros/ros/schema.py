@@ -18,6 +18,7 @@ from typing import Any, Iterator, Optional
 from recon_ros import config as C
 from recon_ros.config import ParamSpec, group, param
 from recon_ros.errors import UserInputError
+from recon_ros.refine.schema import ScheduleConfig
 
 QOS_CHOICES = ("sensor_data", "best_effort", "reliable", "system_default")
 
@@ -151,15 +152,9 @@ class RefinerInputConfig:
 
 
 @dataclass
-class RefinerScheduleConfig:
-    """When the background stages run."""
+class RefinerScheduleConfig(ScheduleConfig):
+    """When the background stages run (periods in ROS time) and where results are published."""
 
-    align_period_s: float = param(30.0, "run global alignment this often (0: only on ~/align)",
-                                  min=0.0, max=86400.0, dynamic=True)
-    refine_period_s: float = param(120.0, "run depth refinement this often (0: only on ~/refine)",
-                                   min=0.0, max=86400.0, dynamic=True)
-    min_keyframes: int = param(3, "fewest keyframes before a stage runs", min=2, max=100000,
-                               dynamic=True)
     map_frame: str = param("map", "frame of the published corrected path")
 
 
