@@ -318,7 +318,8 @@ class Reconstructor:
         out = {
             "frames": self._frames,
             "keyframes": ms.keyframes,
-            "map_points": ms.voxels,
+            "map_points": int(len(self.map.fused()[0])),  # what the fused cloud holds (capped)
+            "map_voxels": ms.voxels,
             "map_bytes": ms.bytes,
             "scale": self.scale,
             "scale_std": 0.0 if self.frontend.metric else float(sc.uncertainty),
