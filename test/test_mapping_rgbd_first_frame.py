@@ -63,3 +63,23 @@ def test_tracker_alone_recovers_the_motion_and_geometry_alone_cannot():
     geometric = MappingConfig()
     geometric.tracking.photometric_weight = 0.0
     assert register(geometric)[0] > 0.05
+
+
+def test_keyframes_keep_coming_along_the_loop():
+    """With the default configuration no stretch of the loop is left without keyframes (the
+    view turning to smoother wall texture must not hold keyframes off)."""
+    from recon_ros.mapping.keyframes import KeyframeSelector
+
+    frames, poses = _first_frames(0, 1.0, n=36)
+    cfg = MappingConfig()
+    fe = RGBDFrontend(cfg)
+    sel = KeyframeSelector(cfg.keyframe, depth_source="depth")
+    taken = []
+    for f in frames:
+        e = fe.step(f)[0]
+        assert e.tracking_ok
+        if sel.consider(e, scale=1.0) is not None:
+            taken.append(f.index)
+    # the camera moves ~5 cm per frame: the 0.25 m trigger and the 0.2 s (6 frame) gate
+    # allow a keyframe every 6 frames
+    assert taken[0] == 0 and max(np.diff(taken + [len(frames)])) <= 8, taken
