@@ -44,8 +44,10 @@ class TrackingConfig:
     max_width: int = param(160, "width of the finest tracking level; the depth image is "
                            "block-averaged by an integer factor down to at most this width",
                            min=16, max=4096)
-    pyramid_levels: int = param(3, "number of pyramid levels (each halves the resolution)",
-                                min=1, max=6)
+    pyramid_levels: int = param(4, "number of pyramid levels (each halves the resolution); "
+                                "the coarsest level sets how much unpredicted motion tracking "
+                                "captures (the first frame after a start or a failure has no "
+                                "motion prior)", min=1, max=6)
     iterations_finest: int = param(4, "Gauss-Newton iterations at the finest level", min=1, max=100)
     iterations_coarse: int = param(8, "Gauss-Newton iterations at every coarser level", min=0, max=100)
     max_points: int = param(6000, "points used per iteration at the finest level (regular "
@@ -58,9 +60,11 @@ class TrackingConfig:
                                         min=1.0, max=90.0)
     huber_m: float = param(0.01, "Huber threshold and scale of point-to-plane residuals (metres)",
                            min=1e-5, max=1.0)
-    photometric_weight: float = param(0.1, "weight of the intensity residual relative to the "
-                                      "geometric one (0 disables it); helps on planar but "
-                                      "textured scenes", min=0.0, max=100.0, dynamic=True)
+    photometric_weight: float = param(1.0, "weight of the intensity residual (scaled by "
+                                      "huber_intensity) relative to the geometric one (scaled "
+                                      "by huber_m); 0 disables it. It alone constrains motion "
+                                      "along flat textured walls", min=0.0, max=100.0,
+                                      dynamic=True)
     huber_intensity: float = param(0.05, "Huber threshold and scale of intensity residuals "
                                    "(intensity in [0, 1])", min=1e-4, max=1.0)
     model_keyframes: int = param(3, "recent tracking keyframes that form the model each frame "
@@ -132,8 +136,10 @@ class KeyframeConfig:
     min_sharpness: float = param(0.0, "gate: variance of the Laplacian of the grey image "
                                  "(0-255 scale; 0 disables the absolute gate)", min=0.0, max=1e9,
                                  dynamic=True)
-    sharpness_percentile: float = param(30.0, "gate: sharpness at least this percentile of the "
-                                        "recent frames' sharpness (0 disables)", min=0.0,
+    sharpness_percentile: float = param(0.0, "gate: sharpness at least this percentile of the "
+                                        "recent frames' sharpness (0 disables; off by default: "
+                                        "while the view drifts to smoother content every frame "
+                                        "is below the percentile and keyframes stop)", min=0.0,
                                         max=100.0, dynamic=True)
     sharpness_window: int = param(30, "frames in the running sharpness history", min=1, max=100_000)
 
