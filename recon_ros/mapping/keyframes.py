@@ -6,8 +6,9 @@ trigger fires (the first usable frame always does):
 * gates: tracking succeeded and the estimate is final; at least ``min_interval_s`` since the
   last keyframe; enough valid pixels; not too much of the image masked; median confidence of
   the valid pixels >= ``min_confidence``; sharpness (variance of the Laplacian of the grey
-  image) >= ``min_sharpness`` and >= the ``sharpness_percentile``-th percentile of the recent
-  frames' sharpness;
+  image) >= ``min_sharpness`` and >= ``sharpness_ratio`` x the median sharpness of the recent
+  frames (a blurred frame drops far below its neighbours; a view drifting to smoother content
+  does not);
 * triggers: translation since the last keyframe above ``min_translation_m`` (metric, when a
   scale is known) or above ``translation_depth_ratio`` x the last keyframe's median depth
   (scale-free); rotation above ``min_rotation_deg``; overlap with the last keyframe below
@@ -187,8 +188,8 @@ class KeyframeSelector:
                 return KeyframeDecision(False, f"confidence: median {med:.2f}", sharpness=sharp)
         if sharp < c.min_sharpness:
             return KeyframeDecision(False, f"blur: {sharp:.1f}", sharpness=sharp)
-        if c.sharpness_percentile > 0 and len(history) >= 5 and \
-                sharp < np.percentile(history, c.sharpness_percentile):
+        if c.sharpness_ratio > 0 and len(history) >= 5 and \
+                sharp < c.sharpness_ratio * float(np.median(history)):
             return KeyframeDecision(False, "blur_relative", sharpness=sharp)
         if last is None:
             return KeyframeDecision(True, "first", sharpness=sharp)

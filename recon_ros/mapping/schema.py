@@ -136,11 +136,10 @@ class KeyframeConfig:
     min_sharpness: float = param(0.0, "gate: variance of the Laplacian of the grey image "
                                  "(0-255 scale; 0 disables the absolute gate)", min=0.0, max=1e9,
                                  dynamic=True)
-    sharpness_percentile: float = param(0.0, "gate: sharpness at least this percentile of the "
-                                        "recent frames' sharpness (0 disables; off by default: "
-                                        "while the view drifts to smoother content every frame "
-                                        "is below the percentile and keyframes stop)", min=0.0,
-                                        max=100.0, dynamic=True)
+    sharpness_ratio: float = param(0.4, "gate: sharpness at least this fraction of the median "
+                                   "sharpness of the recent frames (rejects motion-blurred frames; "
+                                   "steadily smoother content never blocks keyframes; 0 disables)",
+                                   min=0.0, max=1.0, dynamic=True)
     sharpness_window: int = param(30, "frames in the running sharpness history", min=1, max=100_000)
 
 
