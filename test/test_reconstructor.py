@@ -146,3 +146,19 @@ def test_corrections_re_anchor_keyframes_and_the_frames_after_them(frames):
     assert all(s < kfs[2].stamp_ns for s in moved)
     # unknown stamps change nothing
     assert recon.apply_corrections({12345: np.eye(4)}) == 0
+
+
+def test_evicted_keyframes_release_their_records(frames):
+    """Under a small byte cap the map evicts old keyframes; the Reconstructor must not keep their
+    images and pointmaps alive (memory stays bounded on long runs)."""
+    cfg = ReconConfig()
+    set_value(cfg, "keyframe.max_interval_s", 0.05)
+    set_value(cfg, "keyframe.min_interval_s", 0.0)
+    set_value(cfg, "map.max_bytes", 1_500_000)
+    recon = Reconstructor(cfg, frontend=GroundTruthFrontend())
+    for f in frames:
+        recon.process(f)
+    ms = recon.map.stats()
+    assert ms.evicted_keyframes > 0 and ms.bytes <= 1_500_000
+    assert len(recon._keyframes) == len(recon.map) == len(recon.keyframes())
+    assert len(recon.trajectory()) == len(frames)  # poses of every frame remain

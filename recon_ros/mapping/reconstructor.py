@@ -211,12 +211,20 @@ class Reconstructor:
                 self.map.add_keyframe(kf)
                 self._kf_raw[kf.id] = [np.array(est.T_world_cam, dtype=np.float64), s, s]
                 self._keyframes[kf.id] = kf
+                self._drop_evicted()
                 result.new_keyframes.append(kf)
                 result.map_changed = True
                 anchor = kf.id
             self._traj.append(_TrajEntry(est.stamp_ns, np.array(est.T_world_cam, dtype=np.float64), anchor))
             result.estimates.append(scale_estimate(est, s))
         return result
+
+    def _drop_evicted(self) -> None:
+        """Release the records (images, pointmaps) of keyframes the map evicted to stay under
+        its byte cap; their poses stay for the trajectory."""
+        if len(self._keyframes) > len(self.map):
+            for kf_id in [k for k in self._keyframes if k not in self.map]:
+                del self._keyframes[kf_id]
 
     def selector_last_id(self) -> Optional[int]:
         return max(self._kf_raw) if self._kf_raw else None
