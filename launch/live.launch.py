@@ -77,7 +77,7 @@ def _setup(context, *args, **kwargs):
                             parameters=([params_file] if os.path.isfile(params_file) else []),
                             remappings=[("keyframes", "recon_node/keyframes"),
                                         ("keyframe_info", "recon_node/keyframe_info"),
-                                        ("path", "recon_node/path")],
+                                        ("path", "recon_node/keyframe_poses")],
                             arguments=log_args))
     if _truthy(arg["rviz"]):
         actions.append(Node(package="rviz2", executable="rviz2", name="rviz2", output="log",

@@ -413,6 +413,9 @@ def test_corrected_path_re_anchors_keyframes(ros):
     path = pub(node, "path").messages[-1]
     assert np.allclose(M.pose_to_matrix(path.poses[1]), corrected[1][1], atol=1e-9)
     assert node.counters()["corrections_applied"] == 1
+    # the refiner's input keeps the frontend poses, so its corrections are never applied twice
+    front = pub(node, "keyframe_poses").messages[-1]
+    assert np.allclose(M.pose_to_matrix(front.poses[1]), T_map_recon @ camera_pose(2), atol=1e-9)
 
 
 # -- diagnostics, shutdown ------------------------------------------------------------------------

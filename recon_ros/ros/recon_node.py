@@ -306,6 +306,8 @@ class ReconNode(LifecycleNode):
         if r.keyframes:
             self._pubs["keyframes"] = mk(PointCloud2, "~/keyframes", qos.stream(50))
             self._pubs["keyframe_info"] = mk(CameraInfo, "~/keyframe_info", qos.stream(50))
+            # the keyframes' frontend poses (without refiner corrections): recon_refiner's input
+            self._pubs["keyframe_poses"] = mk(PathMsg, "~/keyframe_poses", qos.latched())
 
     def _create_services(self) -> None:
         g = self._service_group
@@ -607,9 +609,10 @@ class ReconNode(LifecycleNode):
             self._pubs["keyframe_info"].publish(convert.keyframe_info(self._msg, kf, self._out.camera_frame))
             self._pubs["keyframes"].publish(convert.keyframe_cloud(self._msg, kf, self._out.camera_frame))
 
-    def _keyframe_poses_in_map(self) -> list:
+    def _keyframe_poses_in_map(self, frontend: bool = False) -> list:
         T_map_recon = self._anchor()
-        kfs = self._recon.keyframes()[-self.ros.publish.path_max_length:]
+        kfs = self._recon.keyframes(frontend_poses=True) if frontend else self._recon.keyframes()
+        kfs = kfs[-self.ros.publish.path_max_length:]
         return [(kf.stamp_ns, rtf.pose_in_map(T_map_recon, kf.T_world_cam)) for kf in kfs]
 
     def _publish_path(self) -> None:
@@ -617,6 +620,9 @@ class ReconNode(LifecycleNode):
         poses = self._keyframe_poses_in_map()
         stamp = poses[-1][0] if poses else self._now_ns()
         self._pubs["path"].publish(convert.path(self._msg, poses, stamp, self.ros.frames.map_frame))
+        if "keyframe_poses" in self._pubs:
+            front = self._keyframe_poses_in_map(frontend=True)
+            self._pubs["keyframe_poses"].publish(convert.path(self._msg, front, stamp, self.ros.frames.map_frame))
 
     def _maybe_publish_map(self, force: bool = False) -> None:
         rate = self.ros.publish.map_cloud_rate_hz

@@ -1,8 +1,9 @@
 """recon_refiner: background global alignment and depth refinement of recon_node's keyframes.
 
 Subscribes ``keyframes`` (organised PointCloud2), ``keyframe_info`` (CameraInfo) and ``path``
-(nav_msgs/Path of keyframe camera poses); remap them to recon_node's ``~/keyframes``,
-``~/keyframe_info`` and ``~/path``. It needs only these topics, so it can run on another machine.
+(nav_msgs/Path of the keyframes' frontend camera poses); remap them to recon_node's
+``~/keyframes``, ``~/keyframe_info`` and ``~/keyframe_poses`` (not ``~/path``, which already
+carries the corrections). It needs only these topics, so it can run on another machine.
 
 ``~/align`` and ``~/refine`` (std_srvs/Trigger) start the stage in a background thread and answer
 at once; a call while a stage runs answers that it is busy. A timer starts them periodically

@@ -9,6 +9,8 @@ compute every expected output independently.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import io
 import threading
 import time
@@ -83,6 +85,7 @@ class FakeReconstructor:
         self.corrections: list[dict] = []
         self.threads: set[str] = set()
         self._kfs: list[Keyframe] = []
+        self._front: dict[int, np.ndarray] = {}  # keyframe id -> pose before corrections
         self._points: list[np.ndarray] = []
         self._n = 0
 
@@ -114,6 +117,7 @@ class FakeReconstructor:
                           pixel_map=PixelMap.identity(GRID_W, GRID_H), T_world_cam=T,
                           valid=np.ones((GRID_H, GRID_W), bool))
             self._kfs.append(kf)
+            self._front[kf.id] = T
             new.append(kf)
         return FakeStepResult([est], None, new, True, {"total": 1.0})
 
@@ -124,6 +128,7 @@ class FakeReconstructor:
         self.resets += 1
         self._n = 0
         self._kfs, self._points = [], []
+        self._front = {}
 
     def fused_cloud(self):
         if not self._points:
@@ -134,8 +139,10 @@ class FakeReconstructor:
     def trajectory(self):
         return [(kf.stamp_ns, kf.T_world_cam) for kf in self._kfs]
 
-    def keyframes(self):
-        return list(self._kfs)
+    def keyframes(self, frontend_poses: bool = False):
+        if not frontend_poses:
+            return list(self._kfs)
+        return [dataclasses.replace(kf, T_world_cam=self._front[kf.id]) for kf in self._kfs]
 
     def apply_corrections(self, poses: dict) -> int:
         self.corrections.append(poses)
