@@ -142,6 +142,7 @@ class KeyframeGraphBuilder:
     features: dict = field(default_factory=dict)  # id -> Features
     edges: dict = field(default_factory=dict)  # (a, b) -> Optional[PairMatches]
     bow: Optional[BowIndex] = None
+    vocabulary_keyframes: int = 0  # keyframes the vocabulary was learnt from
 
     def features_of(self, kf: Keyframe, mask: Optional[np.ndarray] = None) -> Features:
         if kf.id not in self.features:
@@ -159,11 +160,14 @@ class KeyframeGraphBuilder:
     def loop_candidates(self, kfs: Sequence[Keyframe]) -> list[tuple[int, int, float]]:
         if self.graph.loop_candidates <= 0 or len(kfs) <= self.graph.loop_min_gap:
             return []
-        if self.bow is None:
+        # the vocabulary is learnt from the keyframes at hand and learnt again whenever their
+        # number has doubled, so that later parts of a sequence are described as well
+        if self.bow is None or len(kfs) >= 2 * self.vocabulary_keyframes:
             bow = BowIndex(vocabulary_size=self.graph.vocabulary_size)
             if not bow.build_vocabulary([self.features[kf.id].strong() for kf in kfs]):
                 return []
             self.bow = bow
+            self.vocabulary_keyframes = len(kfs)
         for kf in kfs:
             self.bow.add(kf.id, self.features[kf.id].strong())
         order = {kf.id: p for p, kf in enumerate(kfs)}
