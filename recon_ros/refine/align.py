@@ -431,7 +431,6 @@ class GlobalAligner:
         f_mean = float(P.K[:, 0, 0].mean() + P.K[:, 1, 1].mean()) / 2.0
 
         cost0_3d = self._cost(P, poses, alpha, lf, "coarse", active, f_mean)
-        reproj0 = self._reproj_median(P, poses, alpha, lf, active)
         stats: dict = dict(unchanged.stats)
         if cfg.coarse_iterations > 0:
             poses, it = self._lm(P, poses, free_mask, alpha, lf, "coarse", active, f_mean, cfg.coarse_iterations)
@@ -441,15 +440,26 @@ class GlobalAligner:
         if cfg.fine_iterations > 0:
             poses, it, alpha, lf = self._lm_fine(P, poses, free_mask, alpha, lf, active, f_mean)
             stats["fine_iterations"] = it
-        cost_b = self._cost(P, P0, torch.zeros_like(alpha), torch.zeros_like(lf), "coarse", active, f_mean)
-        cost_a = self._cost(P, poses, alpha, lf, "coarse", active, f_mean)
+        zero_a, zero_f = torch.zeros_like(alpha), torch.zeros_like(lf)
+        phase = "fine" if cfg.fine_iterations > 0 else "coarse"  # the objective of the last phase
+        cost_b = self._cost(P, P0, zero_a, zero_f, phase, active, f_mean)
+        cost_a = self._cost(P, poses, alpha, lf, phase, active, f_mean)
+        reproj0 = self._reproj_median(P, P0, zero_a, zero_f, active)  # same matches as after
         reproj1 = self._reproj_median(P, poses, alpha, lf, active)
         res = AlignResult(poses={}, corrections={}, changed=True, cost_before=cost_b, cost_after=cost_a,
                           reproj_median_before=reproj0, reproj_median_after=reproj1,
                           focal_scale=float(torch.exp(lf)), stats=stats)
         stats["cost_before_all_matches"] = cost0_3d
+        reason = ""
         if not np.all(np.isfinite(poses)) or not math.isfinite(cost_a) or cost_a > cfg.divergence_ratio * cost_b:
-            unchanged.reason = f"diverged (cost {cost_b:.4g} -> {cost_a:.4g})"
+            reason = f"diverged (cost {cost_b:.4g} -> {cost_a:.4g})"
+        elif cost_a > cost_b * (1.0 + 1e-6):
+            reason = f"robust cost did not improve ({cost_b:.4g} -> {cost_a:.4g})"
+        elif math.isfinite(reproj0) and reproj1 > reproj0 * (1.0 + cfg.max_reproj_increase) + 1e-9:
+            reason = f"reprojection error grew (median {reproj0:.3g} -> {reproj1:.3g} px)"
+        if reason:
+            unchanged.reason = reason
+            unchanged.reproj_median_before, unchanged.reproj_median_after = reproj0, reproj1
             unchanged.cost_before, unchanged.cost_after = cost_b, cost_a
             unchanged.stats = stats
             log.warning("global alignment rejected: %s", unchanged.reason)
@@ -648,6 +658,12 @@ class GlobalAligner:
         for it in range(1, iterations + 1):
             H, g, Ha, ga = self._normal_equations(P, poses, alpha, lf, phase, active, f_mean, n_free,
                                                   with_focal, with_anchors)
+            if self.cfg.fix_scale and n_free:  # rigid corrections: the log-scale increments stay 0
+                idx = torch.arange(n_free, device=H.device) * 7 + 6
+                H[idx, :] = 0.0
+                H[:, idx] = 0.0
+                H[idx, idx] = 1.0
+                g[idx] = 0.0
             diag = torch.diagonal(H).clamp_min(1e-12)
             accepted = False
             for _ in range(8):

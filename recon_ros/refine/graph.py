@@ -9,14 +9,14 @@ per keyframe id so that periodic runs only match new pairs.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
 
 import numpy as np
 
 from recon_ros.geometry.transforms import invert_T
 from recon_ros.mapping.frame import Keyframe
-from recon_ros.refine.matching import Features, PairMatches, extract_features, verify_pair
+from recon_ros.refine.matching import Features, PairMatches, extract_features, sample_pointmap, verify_pair
 from recon_ros.refine.retrieval import BowIndex
 from recon_ros.refine.schema import GraphConfig, MatchingConfig
 
@@ -107,12 +107,22 @@ def candidate_pairs(ids: Sequence[int], overlap: np.ndarray, cfg: GraphConfig,
             for q in order[p]:
                 if q != p and sym[p, q] >= cfg.min_overlap:
                     a, b = (ids[q], ids[p]) if q < p else (ids[p], ids[q])
-                    pairs.setdefault((a, b), "covisible")
+                    # far apart in time: a loop closure, whichever way it was found
+                    pairs.setdefault((a, b), "loop" if abs(int(q) - p) >= cfg.loop_min_gap else "covisible")
     for a, b, _ in loops:
         key = (a, b) if pos[a] < pos[b] else (b, a)
         if key not in pairs:
             pairs[key] = "loop" if abs(pos[a] - pos[b]) >= cfg.loop_min_gap else "covisible"
     return pairs
+
+
+def relift(e: PairMatches, kf_a: Keyframe, kf_b: Keyframe) -> PairMatches:
+    """The edge with its 3D endpoints read again from the keyframes' current pointmaps (refined
+    depth replaces the depth the matches were verified on); matches no longer lifted are dropped."""
+    Xa, oka = sample_pointmap(kf_a, e.uv_a)
+    Xb, okb = sample_pointmap(kf_b, e.uv_b)
+    ok = oka & okb
+    return replace(e, uv_a=e.uv_a[ok], uv_b=e.uv_b[ok], X_a=Xa[ok], X_b=Xb[ok], conf=e.conf[ok])
 
 
 @dataclass
@@ -132,10 +142,12 @@ class KeyframeGraphBuilder:
     features: dict = field(default_factory=dict)  # id -> Features
     edges: dict = field(default_factory=dict)  # (a, b) -> Optional[PairMatches]
     bow: Optional[BowIndex] = None
+    vocabulary_keyframes: int = 0  # keyframes the vocabulary was learnt from
 
     def features_of(self, kf: Keyframe, mask: Optional[np.ndarray] = None) -> Features:
         if kf.id not in self.features:
-            self.features[kf.id] = extract_features(kf.rgb, mask, self.matching.max_features)
+            self.features[kf.id] = extract_features(kf.rgb, mask, self.matching.max_features,
+                                                   self.matching.contrast_threshold)
         return self.features[kf.id]
 
     def forget(self, keep_ids: Sequence[int]) -> None:
@@ -148,13 +160,16 @@ class KeyframeGraphBuilder:
     def loop_candidates(self, kfs: Sequence[Keyframe]) -> list[tuple[int, int, float]]:
         if self.graph.loop_candidates <= 0 or len(kfs) <= self.graph.loop_min_gap:
             return []
-        if self.bow is None:
+        # the vocabulary is learnt from the keyframes at hand and learnt again whenever their
+        # number has doubled, so that later parts of a sequence are described as well
+        if self.bow is None or len(kfs) >= 2 * self.vocabulary_keyframes:
             bow = BowIndex(vocabulary_size=self.graph.vocabulary_size)
-            if not bow.build_vocabulary([self.features[kf.id].desc for kf in kfs]):
+            if not bow.build_vocabulary([self.features[kf.id].strong() for kf in kfs]):
                 return []
             self.bow = bow
+            self.vocabulary_keyframes = len(kfs)
         for kf in kfs:
-            self.bow.add(kf.id, self.features[kf.id].desc)
+            self.bow.add(kf.id, self.features[kf.id].strong())
         order = {kf.id: p for p, kf in enumerate(kfs)}
         return self.bow.candidates(order, self.graph.loop_candidates, self.graph.loop_min_gap,
                                    self.graph.min_retrieval_score)
@@ -178,6 +193,7 @@ class KeyframeGraphBuilder:
                                               self.matching, kind=kind, seed=(a * 7919 + b) % (2 ** 31))
             e = self.edges[key]
             if e is not None:
+                e = relift(e, by_id[a], by_id[b])
                 edges.append(e)
                 stats.matches += len(e)
                 stats.loop_edges += int(e.kind == "loop")

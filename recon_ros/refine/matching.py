@@ -25,6 +25,8 @@ from recon_ros.refine.schema import MatchingConfig
 
 log = logging.getLogger(__name__)
 
+SIFT_LAYERS = 3  # OpenCV's default nOctaveLayers: its contrast test is response * layers >= threshold
+
 
 @dataclass
 class Features:
@@ -32,6 +34,14 @@ class Features:
 
     uv: np.ndarray
     desc: np.ndarray
+    response: Optional[np.ndarray] = None  # DoG contrast per keypoint (OpenCV's ``response``)
+
+    def strong(self, contrast_threshold: float = 0.04) -> np.ndarray:
+        """Descriptors of the keypoints that pass OpenCV's default contrast test (for retrieval:
+        weak keypoints help matching but blur the bag-of-words)."""
+        if self.response is None:
+            return self.desc
+        return self.desc[self.response * SIFT_LAYERS >= contrast_threshold]
 
     def __len__(self) -> int:
         return int(self.uv.shape[0])
@@ -65,10 +75,11 @@ def to_grey(rgb: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
 
 
-def extract_features(rgb: np.ndarray, mask: Optional[np.ndarray] = None, max_features: int = 2000) -> Features:
+def extract_features(rgb: np.ndarray, mask: Optional[np.ndarray] = None, max_features: int = 2000,
+                     contrast_threshold: float = 0.04) -> Features:
     """SIFT keypoints and RootSIFT descriptors; ``mask`` (H, W bool, True = ignore) removes keypoints."""
     grey = to_grey(rgb)
-    sift = cv2.SIFT_create(nfeatures=int(max_features))
+    sift = cv2.SIFT_create(nfeatures=int(max_features), contrastThreshold=float(contrast_threshold))
     cv_mask = None
     if mask is not None:
         if mask.shape != grey.shape:
@@ -78,11 +89,12 @@ def extract_features(rgb: np.ndarray, mask: Optional[np.ndarray] = None, max_fea
     if desc is None or len(kps) == 0:
         return Features(np.zeros((0, 2)), np.zeros((0, 128), np.float32))
     uv = np.array([k.pt for k in kps], dtype=np.float64)
+    response = np.array([k.response for k in kps], dtype=np.float64)
     # RootSIFT: L1-normalise, square root (then unit L2 norm by construction).
     desc = desc.astype(np.float32)
     desc /= np.maximum(desc.sum(axis=1, keepdims=True), 1e-8)
     desc = np.sqrt(desc)
-    return Features(uv, desc)
+    return Features(uv, desc, response)
 
 
 def mutual_ratio_matches(d1: np.ndarray, d2: np.ndarray, ratio: float) -> tuple[np.ndarray, np.ndarray]:

@@ -298,12 +298,14 @@ class DepthRefiner:
 
     # -----------------------------------------------------------------------------------------
     def geometric_check(self, ref: Keyframe, depth: np.ndarray, sources: Sequence[Keyframe],
-                        src_depths: Sequence[np.ndarray], T_ref: np.ndarray, T_src: Sequence[np.ndarray]
-                        ) -> tuple[np.ndarray, np.ndarray]:
+                        src_depths: Sequence[np.ndarray], T_ref: np.ndarray, T_src: Sequence[np.ndarray],
+                        return_residual: bool = False) -> tuple:
         """Forward-backward consistency of ``depth`` (reference grid) with every source's depth.
 
         Returns (number of consistent sources (h, w), final depth = mean of the reference depth
-        and the consistent reprojected depths (NaN where no source agrees)).
+        and the consistent reprojected depths (NaN where no source agrees)); with
+        ``return_residual`` also the mean relative depth disagreement with the sources that see
+        the pixel (h, w; NaN where no source sees it).
         """
         cfg = self.cfg
         dev = self.device
@@ -322,6 +324,8 @@ class DepthRefiner:
         rel_tol = cfg.geo_rel_depth * float(np.clip(640.0 / max(h, w), 1.0, 4.0))
         count = torch.zeros(h * w, dtype=torch.int64, device=dev)
         dsum = d.reshape(-1).clone()
+        rsum = torch.zeros(h * w, dtype=torch.float64, device=dev)
+        rcount = torch.zeros(h * w, dtype=torch.float64, device=dev)
         for s_kf, Ds, T_s in zip(sources, src_depths, T_src):
             hs, ws = Ds.shape
             Ks = torch.from_numpy(np.asarray(s_kf.K, np.float64)).to(dev)
@@ -345,9 +349,14 @@ class DepthRefiner:
                     & (rel < rel_tol))
             count += good.to(torch.int64)
             dsum += torch.where(good, zr2, torch.zeros_like(zr2))
+            seen = has.reshape(-1) & (zs > 0) & (vs > 0.999) & (zr2 > 0) & torch.isfinite(rel)
+            rsum += torch.where(seen, rel.clamp_max(1.0), torch.zeros_like(rel))
+            rcount += seen.to(torch.float64)
         final = dsum / (count + 1).to(torch.float64)
         final = torch.where(count > 0, final, torch.full_like(final, float("nan")))
-        return count.reshape(h, w).cpu().numpy(), final.reshape(h, w).cpu().numpy().astype(np.float32)
+        resid = torch.where(rcount > 0, rsum / rcount.clamp_min(1.0), torch.full_like(rsum, float("nan")))
+        out = (count.reshape(h, w).cpu().numpy(), final.reshape(h, w).cpu().numpy().astype(np.float32))
+        return out + (resid.reshape(h, w).cpu().numpy(),) if return_residual else out
 
     # -----------------------------------------------------------------------------------------
     def refine(self, kfs: Sequence[Keyframe], poses: Optional[dict] = None, masks: Optional[dict] = None,
@@ -389,6 +398,19 @@ class DepthRefiner:
             count, final = self.geometric_check(kf, sw.depth, [kfs[j] for j in srcs], src_depths,
                                                 pose_list[i], [pose_list[j] for j in srcs])
             replaced = sw.photometric_ok & (count >= cfg.min_consistent) & np.isfinite(final) & kf.valid
+            n_mvs = int(replaced.sum())
+            if cfg.prior_guard and replaced.any():
+                # keep the prior wherever it agrees with the sources' depth at least as well as the
+                # refined depth does (both judged against the same source depths)
+                src_prior = [kfs[j].depth for j in srcs]
+                srcT = [pose_list[j] for j in srcs]
+                r_new = self.geometric_check(kf, final, [kfs[j] for j in srcs], src_prior, pose_list[i], srcT,
+                                             return_residual=True)[2]
+                r_old = self.geometric_check(kf, np.where(kf.valid, kf.depth, np.nan), [kfs[j] for j in srcs],
+                                             src_prior, pose_list[i], srcT, return_residual=True)[2]
+                with np.errstate(invalid="ignore"):
+                    better = cv2.blur(np.nan_to_num(r_old - r_new).astype(np.float32), (5, 5)) > 0
+                replaced &= better & np.isfinite(r_new) & np.isfinite(r_old)
             if masks and masks.get(kf.id) is not None:
                 replaced &= ~mask_on_grid(kf, masks[kf.id])
             depth = np.where(replaced, final, kf.depth).astype(np.float32)
@@ -396,7 +418,7 @@ class DepthRefiner:
             new_pts = backproject_depth(np.where(replaced, final, np.nan), kf.K)
             pts[replaced] = new_pts[replaced]
             stats = {"sources": len(srcs), "photometric_ok": float(sw.photometric_ok.mean()),
-                     "replaced": float(replaced.mean())}
+                     "replaced": float(replaced.mean()), "kept_by_prior_guard": n_mvs - int(replaced.sum())}
             out[kf.id] = RefinedDepth(kf.id, depth, pts, replaced, sw, count, [kfs[j].id for j in srcs], stats)
             log.debug("mvs keyframe %d: %d sources, %.1f%% replaced", kf.id, len(srcs), 100 * stats["replaced"])
         return out

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 import numpy as np
@@ -44,8 +44,10 @@ class PeriodicRefinement:
     """Runs alignment and depth refinement on a :class:`Reconstructor` when they are due."""
 
     def __init__(self, cfg: Optional[RefineConfig], schedule: Any, map_cfg: Any = None,
-                 transients: bool = True) -> None:
+                 transients: bool = True, metric: Optional[bool] = None) -> None:
         self.refiner = Refiner(cfg or RefineConfig())
+        # metric frontends (RGB-D) keep every keyframe's scale: None = ask the reconstructor's frontend
+        self.metric = metric
         self.schedule = schedule
         self.transients = transients
         self.before = KeyframeMap(map_cfg) if map_cfg is not None else None
@@ -68,11 +70,21 @@ class PeriodicRefinement:
             return False
         return stamp_ns - last >= period * 1e9
 
+    def _fix_scale(self, recon: Any) -> None:
+        metric = self.metric if self.metric is not None else bool(getattr(recon.frontend, "metric", False))
+        acfg = self.refiner.aligner.cfg
+        if metric and not acfg.fix_scale:
+            self.refiner.aligner.cfg = replace(acfg, fix_scale=True)
+            log.info("metric frontend: alignment keeps keyframe scales fixed")
+
     def step(self, recon: Any, stamp_ns: int, force: bool = False) -> list[StageRun]:
-        """Run the stages that are due at stream time ``stamp_ns`` (all of them if ``force``)."""
+        """Run the stages that are due at stream time ``stamp_ns``; ``force`` (end of stream) runs
+        every stage that has a period (a stage with period 0 never runs here)."""
         done = []
+        self._fix_scale(recon)
         for stage in ("align", "refine"):
-            if not (self._due(stage, stamp_ns) or force):
+            forced = force and getattr(self.schedule, f"{stage}_period_s") > 0
+            if not (self._due(stage, stamp_ns) or forced):
                 continue
             kfs = recon.keyframes(frontend_poses=True)
             if len(kfs) < self.schedule.min_keyframes:
@@ -92,7 +104,8 @@ class PeriodicRefinement:
         moved = 0
         if res.changed:
             moved = recon.apply_corrections({kf.stamp_ns: res.poses[kf.id] for kf in kfs if kf.id in res.poses})
-        detail = {"reason": res.reason, "cost_before": res.cost_before, "cost_after": res.cost_after}
+        detail = {"reason": res.reason, "cost_before": res.cost_before, "cost_after": res.cost_after,
+                  "reproj_median_before": res.reproj_median_before, "reproj_median_after": res.reproj_median_after}
         return StageRun("align", 0, len(kfs), 0.0, moved, detail)
 
     def _refine(self, recon: Any, kfs: list) -> StageRun:

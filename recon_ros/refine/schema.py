@@ -23,7 +23,9 @@ class MatchingConfig:
     sim3_threshold: float = param(0.10, "3D consistency threshold as a fraction of the pair's median depth",
                                   min=0.005, max=1.0)
     sim3_iterations: int = param(256, "3-point Sim(3) RANSAC hypotheses per pair", min=8, max=5000)
-    min_inliers: int = param(30, "verified matches needed to accept an edge", min=5)
+    contrast_threshold: float = param(0.01, "SIFT contrast threshold (lower finds more keypoints on weak texture)",
+                                      min=0.001, max=0.2)
+    min_inliers: int = param(20, "verified matches needed to accept an edge", min=5)
     min_inliers_loop: int = param(50, "verified matches needed to accept a loop-closure edge", min=5)
 
 
@@ -54,6 +56,10 @@ class AlignConfig:
     fine_kernel_px: float = param(2.0, "Cauchy scale of the reprojection loss in pixels", min=0.1, max=100.0)
     odometry_weight: float = param(0.05, "weight of the odometry prior between consecutive keyframes",
                                    min=0.0, max=100.0)
+    fix_scale: bool = param(False, "keep every keyframe's scale (rigid corrections); the periodic refiner sets "
+                            "it for metric frontends")
+    max_reproj_increase: float = param(0.05, "reject a result whose median reprojection error grows by more "
+                                       "than this fraction", min=0.0, max=10.0)
     optimize_focal: bool = param(False, "estimate one shared focal correction in the fine phase")
     optimize_anchors: bool = param(False, "estimate per-anchor log-depth offsets in the fine phase")
     anchor_stride: int = param(8, "anchor grid stride in pointmap pixels", min=1, max=64)
@@ -88,6 +94,8 @@ class MvsConfig:
     geo_rel_depth: float = param(0.01, "geometric filter: relative depth error on a 640-pixel grid (scaled by "
                                  "640 / grid side, at most 4x, on coarser grids)", min=0.001, max=0.5)
     min_consistent: int = param(2, "sources that must pass the geometric filter", min=1, max=10)
+    prior_guard: bool = param(True, "replace depth only where it agrees with the sources' depth better than "
+                              "the prior does (5x5 average of the relative disagreement)")
     min_baseline_ratio: float = param(0.02, "smallest baseline / depth ratio of a source", min=0.0)
     max_angle_deg: float = param(40.0, "largest viewing-angle difference of a source", min=1.0, max=180.0)
     max_side: int = param(640, "largest image side processed", min=32, max=4096)
