@@ -69,14 +69,20 @@ def synthetic_alignment_problem(n: int, matches_per_edge: int, seed: int = 0):
     for a, b in sorted(pairs):
         if a == b:
             continue
-        uv = np.stack([rng.uniform(0, W, matches_per_edge), rng.uniform(0, H, matches_per_edge)], 1)
-        z = rng.uniform(2.0, 4.0, matches_per_edge)
+        m = 8 * matches_per_edge  # sample more, keep the points both cameras see
+        uv = np.stack([rng.uniform(0, W, m), rng.uniform(0, H, m)], 1)
+        z = rng.uniform(2.0, 4.0, m)
         Xa = np.stack([(uv[:, 0] - K[0, 2]) / K[0, 0] * z, (uv[:, 1] - K[1, 2]) / K[1, 1] * z, z], 1)
         Xw = transform_points(poses[a], Xa)
         Xb = transform_points(invert_T(poses[b]), Xw)
-        uvb = np.stack([K[0, 0] * Xb[:, 0] / Xb[:, 2] + K[0, 2], K[1, 1] * Xb[:, 1] / Xb[:, 2] + K[1, 2]], 1)
-        edges.append(PairMatches(a, b, uv + 0.3 * rng.standard_normal(uv.shape), uvb, Xa, Xb,
-                                 np.ones(matches_per_edge), np.eye(4), matches_per_edge))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            uvb = np.stack([K[0, 0] * Xb[:, 0] / Xb[:, 2] + K[0, 2], K[1, 1] * Xb[:, 1] / Xb[:, 2] + K[1, 2]], 1)
+        seen = (Xb[:, 2] > 0.5) & np.all((uvb >= 0) & (uvb < [W, H]), axis=1)
+        keep = np.flatnonzero(seen)[:matches_per_edge]
+        if len(keep) < 20:
+            continue  # the cameras do not overlap
+        edges.append(PairMatches(a, b, uv[keep] + 0.3 * rng.standard_normal((len(keep), 2)), uvb[keep],
+                                 Xa[keep], Xb[keep], np.ones(len(keep)), np.eye(4), len(keep)))
     drift = np.eye(4)
     start = {}
     for i, T in enumerate(poses):
