@@ -8,7 +8,8 @@ import pytest
 
 from recon_ros.config import add_cli_args, apply_cli_args, iter_params
 from recon_ros.errors import UserInputError
-from recon_ros.eval.files import read_ply, read_tum
+from recon_ros.io.ply import read_ply
+from recon_ros.io.trajectory import read_tum
 from recon_ros.geometry.camera import backproject_depth
 from recon_ros.geometry.transforms import transform_points
 from recon_ros.io.synth import (SynthConfig, export_ground_truth, intrinsics, iter_frames,
@@ -277,7 +278,8 @@ def test_surface_samples_and_ground_truth_export(tmp_path):
     assert 0 < len(ply.points) < len(surf.points)  # only what the cameras saw
     assert ply.normals is not None and ply.colors is not None
     assert surface_distance(scene, ply.points).max() < 1e-5  # float32 storage
-    stamps, poses = read_tum(paths["trajectory"])
+    traj = read_tum(paths["trajectory"])
+    stamps, poses = traj.stamps_ns, traj.poses
     np.testing.assert_allclose(poses, trajectory(cfg), atol=1e-8)
     assert stamps[0] == cfg.start_stamp_ns
     meta = json.loads(paths["meta"].read_text())

@@ -11,9 +11,10 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from recon_ros.errors import UserInputError
+from recon_ros.errors import DataFormatError, UserInputError
 from recon_ros.eval import plots
-from recon_ros.eval.files import read_ply, read_tum
+from recon_ros.io.ply import read_ply
+from recon_ros.io.trajectory import read_tum
 from recon_ros.eval.surface import evaluate_surface, sample_mesh
 from recon_ros.eval.trajectory import evaluate_trajectory
 from recon_ros.geometry.transforms import sim3_decompose, transform_points
@@ -95,8 +96,11 @@ def evaluate_files(out_dir: "str | os.PathLike[str]", gt_traj: Optional[str] = N
     plot_files: List[str] = []
     T_map = np.eye(4)
     if gt_traj is not None:
-        gs, gp = read_tum(gt_traj)
-        es, ep = read_tum(traj)
+        gt_t, est_t = read_tum(gt_traj), read_tum(traj)
+        for t, name in ((gt_t, gt_traj), (est_t, traj)):
+            if len(t) == 0:
+                raise DataFormatError(f"{name}: no poses in the trajectory file")
+        gs, gp, es, ep = gt_t.stamps_ns, gt_t.poses, est_t.stamps_ns, est_t.poses
         res = evaluate_trajectory(gs, gp, es, ep, align=opt.align, max_dt_s=opt.max_dt_s,
                                   rpe_delta_frames=opt.rpe_delta_frames,
                                   rpe_distance_m=opt.rpe_distance_m)

@@ -39,11 +39,19 @@ class PlyData:
 
 
 def write_ply(path: Union[str, os.PathLike], points: np.ndarray, colors: Optional[np.ndarray] = None,
-              confidence: Optional[np.ndarray] = None, faces: Optional[np.ndarray] = None) -> Path:
-    """Write a binary little-endian PLY atomically; returns the path."""
+              confidence: Optional[np.ndarray] = None, faces: Optional[np.ndarray] = None,
+              normals: Optional[np.ndarray] = None) -> Path:
+    """Write a binary little-endian PLY atomically (x y z [nx ny nz] [red green blue]
+    [confidence] and optional triangles); returns the path."""
     pts = np.asarray(points, dtype=np.float32).reshape(-1, 3)
     n = pts.shape[0]
     names, formats = ["x", "y", "z"], ["<f4"] * 3
+    if normals is not None:
+        normals = np.asarray(normals, dtype=np.float32).reshape(-1, 3)
+        if normals.shape[0] != n:
+            raise UserInputError(f"{normals.shape[0]} normals for {n} points")
+        names += ["nx", "ny", "nz"]
+        formats += ["<f4"] * 3
     if colors is not None:
         colors = np.asarray(colors).reshape(-1, 3)
         if colors.shape[0] != n:
@@ -61,6 +69,8 @@ def write_ply(path: Union[str, os.PathLike], points: np.ndarray, colors: Optiona
     dt = np.dtype({"names": names, "formats": formats})
     v = np.empty(n, dtype=dt)
     v["x"], v["y"], v["z"] = pts[:, 0], pts[:, 1], pts[:, 2]
+    if normals is not None:
+        v["nx"], v["ny"], v["nz"] = normals[:, 0], normals[:, 1], normals[:, 2]
     if colors is not None:
         c = colors.astype(np.uint8)
         v["red"], v["green"], v["blue"] = c[:, 0], c[:, 1], c[:, 2]

@@ -109,4 +109,6 @@ def read_tum(path: Union[str, os.PathLike]) -> Trajectory:
     except ValueError:
         raise DataFormatError(f"{p}: the trajectory contains a zero quaternion") from None
     poses = np.stack([make_T(R[i], v[i, :3]) for i in range(len(v))])
-    return Trajectory(np.asarray(stamps, dtype=np.int64), poses)
+    stamps_arr = np.asarray(stamps, dtype=np.int64)
+    order = np.argsort(stamps_arr, kind="stable")  # files from other tools need not be sorted
+    return Trajectory(stamps_arr[order], poses[order])

@@ -10,7 +10,8 @@ from typing import Dict
 import numpy as np
 
 from recon_ros.config import to_dict
-from recon_ros.eval.files import write_ply, write_tum
+from recon_ros.io.ply import write_ply
+from recon_ros.io.trajectory import write_tum
 from recon_ros.io.atomic import write_text_atomic
 from recon_ros.io.synth.config import SynthConfig
 from recon_ros.io.synth.frames import FRAME_ID, intrinsics
@@ -44,7 +45,7 @@ def export_ground_truth(scene: Scene, cfg: SynthConfig, out_dir: "str | os.PathL
     out.mkdir(parents=True, exist_ok=True)
     surf = ground_truth_surface(scene, cfg, spacing, visible_only)
     paths = {
-        "surface": write_ply(out / SURFACE_FILE, surf.points, surf.normals, surf.colors),
+        "surface": write_ply(out / SURFACE_FILE, surf.points, colors=surf.colors, normals=surf.normals),
         "trajectory": write_tum(out / TRAJECTORY_FILE, frame_stamps_ns(cfg), trajectory(cfg)),
     }
     K = intrinsics(cfg)
