@@ -63,7 +63,8 @@ def _setup(context, *args, **kwargs):
     params = ([params_file] if os.path.isfile(params_file) else []) + [overrides]
 
     remaps = [("image", arg["image_topic"]), ("image/compressed", arg["image_topic"] + "/compressed"),
-              ("camera_info", arg["camera_info_topic"]), ("corrected_path", "recon_refiner/corrected_path")]
+              ("camera_info", arg["camera_info_topic"]), ("corrected_path", "recon_refiner/corrected_path"),
+              ("refined_keyframes", "recon_refiner/refined_keyframes")]
     if arg["depth_topic"]:
         remaps.append(("depth", arg["depth_topic"]))
 

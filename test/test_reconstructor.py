@@ -162,3 +162,21 @@ def test_evicted_keyframes_release_their_records(frames):
     assert ms.evicted_keyframes > 0 and ms.bytes <= 1_500_000
     assert len(recon._keyframes) == len(recon.map) == len(recon.keyframes())
     assert len(recon.trajectory()) == len(frames)  # poses of every frame remain
+
+
+def test_refined_depth_replaces_a_keyframe_by_stamp(frames):
+    cfg = ReconConfig()
+    recon = Reconstructor(cfg, frontend=GroundTruthFrontend())
+    for f in frames[:4]:
+        recon.process(f)
+    kf = recon.keyframes()[0]
+    before = recon.map.block_points_world(kf.id).copy()
+    pts = kf.points_cam * np.float32(1.1)  # 10 % deeper along every ray
+    assert recon.replace_depth_at(kf.stamp_ns, pts)
+    after = recon.map.block_points_world(kf.id)
+    cam = transform_points(invert_T(kf.T_world_cam), after)
+    assert np.median(cam[:, 2]) == pytest.approx(1.1 * np.median(transform_points(invert_T(kf.T_world_cam), before)[:, 2]), rel=0.02)
+    assert not recon.replace_depth_at(123, pts)  # no keyframe at that stamp
+    from recon_ros.errors import UserInputError
+    with pytest.raises(UserInputError, match="shape"):
+        recon.replace_depth_at(kf.stamp_ns, pts[:-1])

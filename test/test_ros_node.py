@@ -102,7 +102,7 @@ def test_lifecycle_creates_and_releases_everything(ros):
     assert {f"{NS}/save_map", f"{NS}/reset", f"{NS}/set_paused"} <= set(node.services)
     assert not node.subscriptions  # inactive: not listening
     node.trigger_activate()
-    assert set(node.subscriptions) == {"/image", "/camera_info", "/corrected_path"}
+    assert set(node.subscriptions) == {"/image", "/camera_info", "/corrected_path", "/refined_keyframes"}
     from rclpy.qos import QoSDurabilityPolicy, QoSReliabilityPolicy
     assert node.subscriptions["/image"].qos.reliability == QoSReliabilityPolicy.BEST_EFFORT  # sensor data
     assert pub(node, "map_cloud").qos.durability == QoSDurabilityPolicy.TRANSIENT_LOCAL
@@ -416,6 +416,28 @@ def test_corrected_path_re_anchors_keyframes(ros):
     # the refiner's input keeps the frontend poses, so its corrections are never applied twice
     front = pub(node, "keyframe_poses").messages[-1]
     assert np.allclose(M.pose_to_matrix(front.poses[1]), T_map_recon @ camera_pose(2), atol=1e-9)
+
+
+def test_refined_keyframes_replace_keyframe_depth(ros):
+    node, recon = start(ros)
+    for i in range(3):
+        feed(node, stamp(i))
+        settle(node)
+    kf = recon.keyframes()[0]
+    refined = kf.points_cam * np.float32(0.9)
+    cloud = M.make_pointcloud2(T, refined, kf.stamp_ns, CAM, colors=kf.colors, confidence=kf.confidence)
+    node.subscriptions["/refined_keyframes"].callback(cloud)
+    settle(node)
+    assert [s for s, _ in recon.refined] == [kf.stamp_ns]
+    np.testing.assert_allclose(recon.refined[0][1], refined, rtol=1e-6)
+    assert node.counters()["refined_keyframes_applied"] == 1
+    # an unorganised cloud is counted and skipped, never a crash
+    bad = M.make_pointcloud2(T, refined.reshape(-1, 3), kf.stamp_ns, CAM, colors=kf.colors.reshape(-1, 3),
+                             confidence=kf.confidence.reshape(-1))
+    before = node.counters().get("bad_messages", 0)
+    node.subscriptions["/refined_keyframes"].callback(bad)
+    settle(node)
+    assert node.counters()["bad_messages"] == before + 1 and len(recon.refined) == 1
 
 
 # -- diagnostics, shutdown ------------------------------------------------------------------------

@@ -277,6 +277,20 @@ class Reconstructor:
             moved += 1
         return moved
 
+    def replace_depth_at(self, stamp_ns: int, points_cam: np.ndarray) -> bool:
+        """Swap in a refined pointmap for the keyframe stamped ``stamp_ns`` (the refiner node's
+        output); pixels stay valid where they were valid and the refined point is finite.
+        Returns False when no such keyframe is in the map."""
+        kf_id = next((i for i, kf in self._keyframes.items() if kf.stamp_ns == int(stamp_ns)), None)
+        if kf_id is None:
+            return False
+        kf = self._keyframes[kf_id]
+        pts = np.asarray(points_cam, dtype=np.float32)
+        if pts.shape != kf.points_cam.shape:
+            raise UserInputError(f"refined pointmap of keyframe {kf_id} has shape {pts.shape}, "
+                                 f"expected {kf.points_cam.shape}")
+        return self.replace_depth(kf_id, pts, kf.valid & np.all(np.isfinite(pts), axis=-1))
+
     def replace_depth(self, kf_id: int, points_cam: np.ndarray, valid: np.ndarray) -> bool:
         """Swap a keyframe's pointmap for a refined one (same resolution, keyframe frame)."""
         if kf_id not in self.map:

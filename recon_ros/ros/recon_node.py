@@ -202,6 +202,10 @@ class ReconNode(LifecycleNode):
         if r.corrected_path_topic:
             self._subs.append(self.create_subscription(PathMsg, r.corrected_path_topic, self._on_corrected_path,
                                                        qos.latched(), callback_group=self._input_group))
+        if r.refined_keyframes_topic:
+            self._subs.append(self.create_subscription(PointCloud2, r.refined_keyframes_topic,
+                                                       self._on_refined_keyframe, qos.stream(50),
+                                                       callback_group=self._input_group))
         self._timers = [
             self.create_timer(TF_POLL_PERIOD_S, self._poll_tf, callback_group=self._input_group),
             self._housekeeping_timer(),
@@ -462,6 +466,31 @@ class ReconNode(LifecycleNode):
         poses = convert.path_poses(msg)
         if poses:
             self._worker.call(self._apply_corrections, poses)
+
+    def _on_refined_keyframe(self, msg: Any) -> None:
+        if self._worker is None or not self._active:
+            return
+        try:
+            xyz, _, _ = convert.cloud_arrays(msg)
+        except UserInputError as exc:
+            self._count("bad_messages")
+            self.get_logger().warning(f"skipped a refined keyframe: {exc}", throttle_duration_sec=5.0)
+            return
+        self._worker.call(self._apply_refined_depth, convert.stamp_to_ns(msg.header.stamp), xyz)
+
+    def _apply_refined_depth(self, stamp_ns: int, points_cam: np.ndarray) -> None:
+        if self._recon is None:
+            return
+        try:
+            done = self._recon.replace_depth_at(stamp_ns, points_cam)
+        except UserInputError as exc:
+            self._count("bad_messages")
+            self.get_logger().warning(f"refined keyframe not applied: {exc}", throttle_duration_sec=5.0)
+            return
+        if done:
+            self._count("refined_keyframes_applied")
+            self._out.map_dirty = True
+            self._maybe_publish_map()
 
     # -- services (reentrant group; the work runs on the worker thread) ----------------------
     def _run_on_worker(self, fn: Callable, *args: Any) -> Any:

@@ -48,6 +48,9 @@ class InputConfig:
                                  min=1, max=1000, dynamic=True)
     corrected_path_topic: str = param("corrected_path", "topic of the refiner's corrected keyframe "
                                       "path (nav_msgs/Path); empty: do not re-anchor")
+    refined_keyframes_topic: str = param("refined_keyframes", "topic of the refiner's refined keyframe "
+                                         "pointmaps (organised PointCloud2 in the keyframe camera frame, "
+                                         "stamped like the keyframe); empty: keep the frontend depth")
 
 
 @dataclass

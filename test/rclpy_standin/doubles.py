@@ -86,6 +86,7 @@ class FakeReconstructor:
         self.threads: set[str] = set()
         self._kfs: list[Keyframe] = []
         self._front: dict[int, np.ndarray] = {}  # keyframe id -> pose before corrections
+        self.refined: list = []  # (stamp_ns, points) handed to replace_depth_at
         self._points: list[np.ndarray] = []
         self._n = 0
 
@@ -143,6 +144,10 @@ class FakeReconstructor:
         if not frontend_poses:
             return list(self._kfs)
         return [dataclasses.replace(kf, T_world_cam=self._front[kf.id]) for kf in self._kfs]
+
+    def replace_depth_at(self, stamp_ns: int, points_cam) -> bool:
+        self.refined.append((stamp_ns, np.asarray(points_cam)))
+        return any(kf.stamp_ns == stamp_ns for kf in self._kfs)
 
     def apply_corrections(self, poses: dict) -> int:
         self.corrections.append(poses)
