@@ -108,17 +108,14 @@ class KnownCameraStream:
         return self._output(self.i - 1, False) if self.i > 1 else None
 
 
-def test_camera_recovery_from_pointmaps_with_known_camera(frames, tiny_cfg):
-    frontend = Spann3RFrontend.__new__(Spann3RFrontend)
-    frontend.cfg = tiny_cfg.frontend
-    frontend.stream = KnownCameraStream(frames)
-    set_value(frontend.cfg, "use_camera_info", False)  # estimate the focal from frame 0
-    frontend.reset()
+def test_camera_recovery_from_pointmaps_with_known_camera(frames):
+    cfg = ReconConfig()
+    set_value(cfg, "frontend.use_camera_info", False)  # estimate the focal from frame 0
+    frontend = Spann3RFrontend(None, cfg.model, cfg.frontend, stream=KnownCameraStream(frames))
     ests = []
     for f in frames:
         ests += frontend.step(f)
     ests += frontend.flush()
-    set_value(frontend.cfg, "use_camera_info", True)
     assert len(ests) == len(frames)
     K_true = PixelMap(64 / 160, 64 / 160, 0, 0, (160, 120), (64, 48)).K_to_model(frames[0].K)
     # focal by Weiszfeld with the principal point at the image centre

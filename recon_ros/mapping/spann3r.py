@@ -35,13 +35,17 @@ class Spann3RFrontend(Frontend):
     name = "spann3r"
     metric = False
 
-    def __init__(self, model, model_cfg, frontend_cfg: Optional[FrontendConfig] = None) -> None:
-        from recon_ros.model.stream import Spann3RStream
-
+    def __init__(self, model, model_cfg, frontend_cfg: Optional[FrontendConfig] = None,
+                 stream=None) -> None:
+        """``stream`` replaces the Spann3RStream built from ``model`` (anything with its
+        push/flush/reset/stats methods)."""
         self.cfg = frontend_cfg or FrontendConfig()
-        size = int(model_cfg.image_size)
-        self.stream = Spann3RStream(model, runtime=model_cfg.runtime, memory=model_cfg.memory,
-                                    target_wh=(size, size), provisional=self.cfg.provisional)
+        if stream is None:
+            from recon_ros.model.stream import Spann3RStream
+            size = int(model_cfg.image_size)
+            stream = Spann3RStream(model, runtime=model_cfg.runtime, memory=model_cfg.memory,
+                                   target_wh=(size, size), provisional=self.cfg.provisional)
+        self.stream = stream
         self.reset()
 
     def reset(self) -> None:
