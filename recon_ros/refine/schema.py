@@ -56,6 +56,10 @@ class AlignConfig:
     fine_kernel_px: float = param(2.0, "Cauchy scale of the reprojection loss in pixels", min=0.1, max=100.0)
     odometry_weight: float = param(0.05, "weight of the odometry prior between consecutive keyframes",
                                    min=0.0, max=100.0)
+    odometry_weight_metric: float = param(0.01, "weight of the odometry prior when keyframe scales are fixed "
+                                          "(metric frontends: sensor depth makes the matches strong, and a "
+                                          "stronger prior would hold on to the frontend's drift at a loop "
+                                          "closure)", min=0.0, max=100.0)
     fix_scale: bool = param(False, "keep every keyframe's scale (rigid corrections); the periodic refiner sets "
                             "it for metric frontends")
     max_reproj_increase: float = param(0.05, "reject a result whose median reprojection error grows by more "
