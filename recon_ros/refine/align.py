@@ -202,11 +202,12 @@ class GlobalAligner:
         count = {}
         for (a, b), e in zip(edge_ab, edges):
             count[(min(a, b), max(a, b))] = count.get((min(a, b), max(a, b)), 0) + len(e)
+        w_odo = self.cfg.odometry_weight_metric if self.cfg.fix_scale else self.cfg.odometry_weight
         for i in range(n - 1):
             odo_ab.append((i, i + 1))
             odo_rel.append(invert_T(frontend[i]) @ frontend[i + 1])
             weak = count.get((i, i + 1), 0) < 30
-            odo_w.append(self.cfg.odometry_weight * (10.0 if weak else 1.0))
+            odo_w.append(w_odo * (10.0 if weak else 1.0))
             odo_L.append(_median_depth(kfs[i]) * float(np.cbrt(np.linalg.det(frontend[i][:3, :3]))))
         T = lambda x, **k: torch.as_tensor(np.asarray(x), device=dev, **k)  # noqa: E731
         return _Problem(

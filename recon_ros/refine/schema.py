@@ -56,6 +56,10 @@ class AlignConfig:
     fine_kernel_px: float = param(2.0, "Cauchy scale of the reprojection loss in pixels", min=0.1, max=100.0)
     odometry_weight: float = param(0.05, "weight of the odometry prior between consecutive keyframes",
                                    min=0.0, max=100.0)
+    odometry_weight_metric: float = param(0.01, "weight of the odometry prior when keyframe scales are fixed "
+                                          "(metric frontends: sensor depth makes the matches strong, and a "
+                                          "stronger prior would hold on to the frontend's drift at a loop "
+                                          "closure)", min=0.0, max=100.0)
     fix_scale: bool = param(False, "keep every keyframe's scale (rigid corrections); the periodic refiner sets "
                             "it for metric frontends")
     max_reproj_increase: float = param(0.05, "reject a result whose median reprojection error grows by more "
@@ -82,7 +86,7 @@ class MvsConfig:
     enabled: bool = param(True, "run MVS depth refinement", dynamic=True)
     num_sources: int = param(4, "source keyframes per reference", min=1, max=10)
     best_k: int = param(2, "average the best k source costs per hypothesis", min=1, max=10)
-    num_hypotheses: int = param(32, "depth hypotheses per pixel (uniform in inverse depth)", min=4, max=256)
+    num_hypotheses: int = param(16, "depth hypotheses per pixel (uniform in inverse depth)", min=4, max=256)
     band: float = param(0.15, "relative half-width of the depth band around the prior", min=0.01, max=1.0)
     window: int = param(5, "ZNCC window side in pixels (odd)", min=3, max=15)
     prior_weight: float = param(0.05, "weak pull towards the prior depth", min=0.0, max=10.0)
