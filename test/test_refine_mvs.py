@@ -170,7 +170,7 @@ def test_mvsnet_loader_errors(tmp_path):
         load_mvsnet(tmp_path / "missing.ckpt")
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="cannot read"):
+    with pytest.raises(CheckpointError, match="corrupt"):
         load_mvsnet(bad)
     model = MVSNet()
     sd = {"module." + k: v for k, v in model.state_dict().items()}

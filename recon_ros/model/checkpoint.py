@@ -98,9 +98,11 @@ def load_state_dict_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], so
     problems = compare_state_dict(module, sd)
     if problems:
         raise CheckpointError(f"{source} does not match the model: " + "; ".join(problems))
-    bad_dtype = [k for k, v in sd.items() if not v.is_floating_point()]
+    want = module.state_dict()
+    bad_dtype = [k for k, v in sd.items() if v.is_floating_point() != want[k].is_floating_point()]
     if bad_dtype:
-        raise CheckpointError(f"{source}: non-floating-point tensors {bad_dtype[:_SHOW]}")
+        raise CheckpointError(f"{source}: tensors of the wrong kind (integer vs floating point) "
+                              f"{bad_dtype[:_SHOW]}")
     module.load_state_dict(sd, strict=True, assign=assign)
 
 

@@ -168,38 +168,19 @@ def load_mvsnet(path: Union[str, Path], device: Union[str, torch.device] = "cpu"
     without the ``module.`` prefix of ``nn.DataParallel``. Raises CheckpointError naming what
     does not match.
     """
+    from recon_ros.model.checkpoint import extract_state_dict, load_state_dict_strict, read_checkpoint
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"MVSNet checkpoint not found: {path} (set mvs.checkpoint to an MVSNet_pytorch .ckpt)")
-    try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt or unsafe files
-        raise CheckpointError(f"cannot read MVSNet checkpoint {path}: {exc}") from None
-    state = data.get("model", data) if isinstance(data, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path} is not an MVSNet_pytorch checkpoint: expected a dict with a 'model' "
-                              "state dict of tensors")
+    state = extract_state_dict(read_checkpoint(path), f"MVSNet checkpoint {path}")
     state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
     dropped = [k for k in state if k.startswith("refine_network.")]
     if dropped:
         log.info("ignoring %d refine_network parameters (the refinement network is not used)", len(dropped))
         state = {k: v for k, v in state.items() if not k.startswith("refine_network.")}
     model = MVSNet()
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-             for k in expected if k in state and state[k].shape != expected[k].shape]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} keys (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} keys (e.g. {', '.join(unexpected[:3])})")
-        if wrong:
-            parts.append(f"{len(wrong)} shape mismatches (e.g. {'; '.join(wrong[:2])})")
-        raise CheckpointError(f"{path} does not match the MVSNet architecture: " + "; ".join(parts))
-    model.load_state_dict(state, strict=True)
+    load_state_dict_strict(model, state, f"{path} (MVSNet architecture)")
     return model.to(device).eval()
 
 
