@@ -78,7 +78,7 @@ class TrackingConfig:
     min_inlier_fraction: float = param(0.25, "tracking fails when fewer of the frame's valid "
                                        "points than this fraction match the model",
                                        min=0.0, max=1.0)
-    max_residual_m: float = param(0.03, "tracking fails when the RMS point-to-plane residual "
+    max_residual_m: float = param(0.08, "tracking fails when the RMS point-to-plane residual "
                                   "of the matches exceeds this (metres)", min=1e-4, max=10.0)
     max_jump_m: float = param(0.5, "tracking fails when the pose moves farther than this "
                               "from its constant-velocity prediction (metres)", min=0.001, max=100.0)
