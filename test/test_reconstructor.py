@@ -180,3 +180,23 @@ def test_refined_depth_replaces_a_keyframe_by_stamp(frames):
     from recon_ros.errors import UserInputError
     with pytest.raises(UserInputError, match="shape"):
         recon.replace_depth_at(kf.stamp_ns, pts[:-1])
+
+
+def test_frame_corrections_are_interpolated_between_keyframes(frames):
+    cfg = ReconConfig()
+    set_value(cfg, "keyframe.max_interval_s", 0.1)
+    set_value(cfg, "keyframe.min_interval_s", 0.0)
+    recon = Reconstructor(cfg, frontend=GroundTruthFrontend())
+    for f in frames:
+        recon.process(f)
+    a, b = recon.keyframes()[1:3]
+    before = dict(recon.trajectory())
+    shift = lambda d: make_T(np.eye(3), [d, 0.0, 0.0])  # noqa: E731
+    recon.apply_corrections({a.stamp_ns: shift(0.5) @ a.T_world_cam, b.stamp_ns: shift(1.0) @ b.T_world_cam})
+    after = dict(recon.trajectory())
+    between = [s for s in after if a.stamp_ns <= s < b.stamp_ns]
+    assert len(between) >= 2
+    for s in between:
+        alpha = (s - a.stamp_ns) / (b.stamp_ns - a.stamp_ns)
+        np.testing.assert_allclose(after[s][:3, 3] - before[s][:3, 3], [0.5 + 0.5 * alpha, 0, 0], atol=1e-6)
+    np.testing.assert_allclose(after[b.stamp_ns][:3, 3] - before[b.stamp_ns][:3, 3], [1.0, 0, 0], atol=1e-6)

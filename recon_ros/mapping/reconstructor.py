@@ -12,6 +12,7 @@ pose follows the correction of the keyframe it was tracked after.
 """
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import logging
 import time
@@ -23,7 +24,8 @@ import numpy as np
 
 from recon_ros.config import group, param
 from recon_ros.errors import UserInputError
-from recon_ros.geometry.transforms import invert_T, make_T, rigid_part
+from recon_ros.geometry.transforms import (invert_T, make_T, matrix_to_rotvec, rigid_part, rotvec_to_matrix,
+                                          sim3_decompose)
 from recon_ros.mapping.fused_map import KeyframeMap
 from recon_ros.mapping.frame import Frame, FrameEstimate, Keyframe
 from recon_ros.mapping.frontend import Frontend
@@ -305,8 +307,12 @@ class Reconstructor:
     # ------------------------------------------------------------------ outputs
     def trajectory(self, corrected: bool = True) -> list[tuple[int, np.ndarray]]:
         """(stamp_ns, T_world_cam) of every processed frame, metric, rigid. With ``corrected``
-        each frame follows the refinement correction of the keyframe it was tracked after;
-        without, these are the frontend's poses."""
+        each frame follows the refinement corrections of the keyframes around it, interpolated
+        in time between the keyframe it was tracked after and the next one; without, these are
+        the frontend's poses."""
+        kf_stamps = {kf_id: kf.stamp_ns for kf_id, kf in self._keyframes.items()}
+        anchors = sorted((kf_stamps[k], k) for k in kf_stamps if k in self._kf_raw)
+        corrections = {k: self._correction(k) for _, k in anchors} if corrected else {}
         out = []
         for e in self._traj:
             if e.anchor is None or e.anchor not in self._kf_raw:
@@ -314,9 +320,26 @@ class Reconstructor:
             else:
                 T = scale_pose(e.T_raw, self._kf_raw[e.anchor][2])
                 if corrected:
-                    T = self._correction(e.anchor) @ T
+                    T = self._interpolated_correction(e.stamp_ns, e.anchor, anchors, corrections) @ T
             out.append((e.stamp_ns, rigid_part(T)))
         return out
+
+    def _interpolated_correction(self, stamp_ns: int, anchor: int, anchors: list, corrections: dict) -> np.ndarray:
+        """The correction at ``stamp_ns``: the anchor keyframe's, blended towards the next
+        keyframe's by elapsed time (rotation by its axis-angle, translation and scale linearly)."""
+        C_a = corrections.get(anchor)
+        if C_a is None:
+            return self._correction(anchor)
+        t_a = self._keyframes[anchor].stamp_ns if anchor in self._keyframes else stamp_ns
+        i = bisect.bisect_right(anchors, (stamp_ns, float("inf")))
+        if i >= len(anchors) or stamp_ns <= t_a:
+            return C_a
+        t_b, k_b = anchors[i]
+        alpha = (stamp_ns - t_a) / float(t_b - t_a)
+        D = invert_T(C_a) @ corrections[k_b]
+        s_d, R_d, t_d = sim3_decompose(D)
+        step = make_T(rotvec_to_matrix(alpha * matrix_to_rotvec(R_d)), alpha * t_d, s_d ** alpha)
+        return C_a @ step
 
     def keyframes(self, frontend_poses: bool = False) -> list[Keyframe]:
         """The keyframes still in the map, with their current (possibly Sim(3)) map poses, or
