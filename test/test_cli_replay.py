@@ -112,3 +112,16 @@ def test_help_lists_every_command(capsys):
     out = capsys.readouterr().out
     for cmd in ("demo", "replay", "synth", "convert", "eval", "config"):
         assert f"    {cmd}" in out
+
+
+def test_replay_with_refinement_writes_before_and_after(synth_bag, tmp_path):
+    out = tmp_path / "ref"
+    rc = main(["-q", "replay", str(synth_bag), "--frontend", "rgbd", "--out", str(out), "--no-progress",
+               "--no-bag", "--refine", "--schedule.align_period_s", "0.1", "--schedule.refine_period_s", "0.2",
+               "--keyframe.max_interval_s", "0.05", "--keyframe.min_interval_s", "0"])
+    assert rc == 0
+    before, after = read_tum(out / "trajectory_before.tum"), read_tum(out / "trajectory.tum")
+    assert list(before.stamps_ns) == list(after.stamps_ns)
+    assert len(read_ply(out / "map_before.ply").points) > 0
+    runs = json.loads((out / "summary.json").read_text())["refinement"]
+    assert {r["stage"] for r in runs} == {"align", "refine"}

@@ -275,6 +275,8 @@ class Reconstructor:
             if T.shape != (4, 4) or not np.all(np.isfinite(T)):
                 log.warning("ignoring a non-finite correction for keyframe %d", kf_id)
                 continue
+            if np.allclose(self.map.pose(kf_id), T, rtol=0.0, atol=1e-9):
+                continue  # already there: no re-fusion
             self.map.set_pose(kf_id, T)
             moved += 1
         return moved

@@ -458,12 +458,14 @@ class GlobalAligner:
             reason = f"robust cost did not improve ({cost_b:.4g} -> {cost_a:.4g})"
         elif math.isfinite(reproj0) and reproj1 > reproj0 * (1.0 + cfg.max_reproj_increase) + 1e-9:
             reason = f"reprojection error grew (median {reproj0:.3g} -> {reproj1:.3g} px)"
+        elif cost_b - cost_a < cfg.min_cost_decrease * cost_b:
+            reason = f"no significant improvement (cost {cost_b:.4g} -> {cost_a:.4g})"
         if reason:
             unchanged.reason = reason
             unchanged.reproj_median_before, unchanged.reproj_median_after = reproj0, reproj1
             unchanged.cost_before, unchanged.cost_after = cost_b, cost_a
             unchanged.stats = stats
-            log.warning("global alignment rejected: %s", unchanged.reason)
+            log.info("global alignment result not used: %s", unchanged.reason)
             return unchanged
         for k, i in enumerate(ids):
             res.poses[i] = poses[k]

@@ -101,9 +101,9 @@ class PeriodicRefinement:
 
     def _align(self, recon: Any, kfs: list) -> StageRun:
         res = self.refiner.align(kfs)
-        moved = 0
-        if res.changed:
-            moved = recon.apply_corrections({kf.stamp_ns: res.poses[kf.id] for kf in kfs if kf.id in res.poses})
+        # A rejected result still carries the accepted corrections so far (extended to new
+        # keyframes from their nearest earlier keyframe), so the map stays consistent.
+        moved = recon.apply_corrections({kf.stamp_ns: res.poses[kf.id] for kf in kfs if kf.id in res.poses})
         detail = {"reason": res.reason, "cost_before": res.cost_before, "cost_after": res.cost_after,
                   "reproj_median_before": res.reproj_median_before, "reproj_median_after": res.reproj_median_after}
         return StageRun("align", 0, len(kfs), 0.0, moved, detail)

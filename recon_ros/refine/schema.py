@@ -64,6 +64,9 @@ class AlignConfig:
                             "it for metric frontends")
     max_reproj_increase: float = param(0.05, "reject a result whose median reprojection error grows by more "
                                        "than this fraction", min=0.0, max=10.0)
+    min_cost_decrease: float = param(0.05, "keep the previous corrections unless the robust cost drops by "
+                                     "at least this fraction (no change for noise-level gains)",
+                                     min=0.0, max=0.9)
     optimize_focal: bool = param(False, "estimate one shared focal correction in the fine phase")
     optimize_anchors: bool = param(False, "estimate per-anchor log-depth offsets in the fine phase")
     anchor_stride: int = param(8, "anchor grid stride in pointmap pixels", min=1, max=64)
