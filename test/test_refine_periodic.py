@@ -183,3 +183,34 @@ def test_periodic_mvs_improves_a_noisy_depth_prior_and_leaves_untextured_pixels_
     inner = (slice(flat[0].start + 4, flat[0].stop - 4), slice(flat[1].start + 4, flat[1].stop - 4))
     for kf in recon.keyframes():
         np.testing.assert_array_equal(kf.depth[inner], prior[kf.id][inner])
+
+
+def test_user_masks_reach_every_refine_stage(loop_frames):
+    """Frame masks are kept on the keyframes and handed to alignment, MVS and transient
+    rejection (so masked pixels give no matches, no depth and no votes)."""
+    frames = []
+    for f in loop_frames[:12]:
+        mask = np.zeros(f.rgb.shape[:2], bool)
+        mask[:, :20] = True  # e.g. the robot's own arm at the image border
+        frames.append(Frame(stamp_ns=f.stamp_ns, rgb=f.rgb, K=f.K, depth=f.depth, mask=mask, index=f.index,
+                            extras=f.extras))
+    cfg = ReconConfig()
+    recon = Reconstructor(cfg, frontend=DriftingGroundTruthFrontend(0.0, 0.0))
+    refinement = PeriodicRefinement(RefineConfig(), ScheduleConfig(min_keyframes=2), map_cfg=cfg.map)
+    seen = {}
+    for stage in ("align", "refine", "transients"):
+        orig = getattr(refinement.refiner, stage)
+
+        def spy(kfs, *a, _orig=orig, _stage=stage, **kw):
+            seen[_stage] = kw.get("masks")
+            return _orig(kfs, *a, **kw)
+        setattr(refinement.refiner, stage, spy)
+    for f in frames:
+        refinement.add_keyframes(recon.process(f).new_keyframes)
+    refinement.step(recon, frames[-1].stamp_ns, force=True)
+    kfs = recon.keyframes()
+    assert kfs and all(kf.mask is not None and kf.mask[:, :20].all() for kf in kfs)
+    for stage in ("align", "refine", "transients"):
+        assert seen.get(stage) is not None, stage
+        assert set(seen[stage]) == {kf.id for kf in kfs}
+        assert all(m[:, :20].all() and not m[:, 20:].any() for m in seen[stage].values())

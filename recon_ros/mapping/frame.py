@@ -126,6 +126,7 @@ class Keyframe:
     T_world_cam: np.ndarray
     valid: np.ndarray
     depth_source: str = "frontend"  # "frontend" | "depth" | "mvs"
+    mask: Optional[np.ndarray] = None  # the user's image mask (H x W of rgb, True = ignore)
 
     @property
     def depth(self) -> np.ndarray:

@@ -90,7 +90,8 @@ def build_keyframe(kf_id: int, est: FrameEstimate, frame: Optional[Frame] = None
                     confidence=np.asarray(est.confidence, dtype=np.float32), colors=est.colors,
                     K=np.asarray(est.K_model, dtype=np.float64), K_image=K_image,
                     pixel_map=est.pixel_map, T_world_cam=T_metric, valid=valid,
-                    depth_source=depth_source)
+                    depth_source=depth_source,
+                    mask=None if frame.mask is None else np.asarray(frame.mask, dtype=bool))
 
 
 @dataclass

@@ -100,7 +100,7 @@ class PeriodicRefinement:
         return done
 
     def _align(self, recon: Any, kfs: list) -> StageRun:
-        res = self.refiner.align(kfs)
+        res = self.refiner.align(kfs, masks=_masks(kfs))
         # A rejected result still carries the accepted corrections so far (extended to new
         # keyframes from their nearest earlier keyframe), so the map stays consistent.
         moved = recon.apply_corrections({kf.stamp_ns: res.poses[kf.id] for kf in kfs if kf.id in res.poses})
@@ -109,7 +109,7 @@ class PeriodicRefinement:
         return StageRun("align", 0, len(kfs), 0.0, moved, detail)
 
     def _refine(self, recon: Any, kfs: list) -> StageRun:
-        depths = self.refiner.refine(kfs)
+        depths = self.refiner.refine(kfs, masks=_masks(kfs))
         valid = {kf.id: kf.valid for kf in kfs}
         replaced_px = 0
         changed = 0
@@ -121,7 +121,7 @@ class PeriodicRefinement:
         dropped_px = 0
         if self.transients:
             kfs = recon.keyframes(frontend_poses=True)
-            for kf_id, drop in self.refiner.transients(kfs).items():
+            for kf_id, drop in self.refiner.transients(kfs, masks=_masks(kfs)).items():
                 kf = next(k for k in kfs if k.id == kf_id)
                 newly = drop & kf.valid
                 n = int(np.count_nonzero(newly))
@@ -135,3 +135,8 @@ class PeriodicRefinement:
         return [dict(stage=r.stage, stamp_ns=r.stamp_ns, keyframes=r.keyframes, seconds=round(r.seconds, 3),
                      changed=r.changed, **r.detail) for r in self.runs]
 
+
+def _masks(kfs: list) -> Optional[dict]:
+    """The user masks of the keyframes that have one (True = ignore), for every stage."""
+    masks = {kf.id: kf.mask for kf in kfs if kf.mask is not None}
+    return masks or None
