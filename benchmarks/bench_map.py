@@ -24,11 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "test"))
 
-from mapping_scene import BoxRoom, camera, loop_trajectory  # noqa: E402
+from mapping_scene import BoxRoom, camera, rgbd_sequence  # noqa: E402
 
 from recon_ros.geometry.camera import PixelMap, backproject_depth  # noqa: E402
 from recon_ros.geometry.transforms import make_T, rotvec_to_matrix  # noqa: E402
-from recon_ros.mapping.frame import Frame, Keyframe  # noqa: E402
+from recon_ros.mapping.frame import Keyframe  # noqa: E402
 from recon_ros.mapping.frontend import final_estimates  # noqa: E402
 from recon_ros.mapping.fused_map import KeyframeMap  # noqa: E402
 from recon_ros.mapping.keyframes import KeyframeSelector  # noqa: E402
@@ -37,15 +37,7 @@ from recon_ros.mapping.schema import MappingConfig, MapConfig  # noqa: E402
 
 
 def bench_rgbd(width: int, height: int, n: int, noise: float = 0.01) -> dict:
-    room = BoxRoom()
-    K = camera(width, height)
-    traj = loop_trajectory(n)
-    rng = np.random.default_rng(0)
-    frames = []
-    for i, T in enumerate(traj):
-        rgb, depth = room.render(K, T, width, height)
-        depth = depth + rng.normal(0, noise, depth.shape).astype(np.float32)
-        frames.append(Frame(stamp_ns=int(i * 33_333_333), rgb=rgb, K=K, depth=depth, index=i))
+    room, traj, frames = rgbd_sequence(width, height, n, noise)
     cfg = MappingConfig()
     fe = RGBDFrontend(cfg)
     sel = KeyframeSelector(cfg.keyframe, depth_source="depth")

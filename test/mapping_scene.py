@@ -100,3 +100,19 @@ def ate_rmse(est: np.ndarray, gt: np.ndarray) -> float:
     e = np.array([p[:3, 3] for p in est])
     g = np.array([p[:3, 3] for p in gt])
     return float(np.sqrt(np.mean(np.sum((e - g) ** 2, axis=1))))
+
+
+def rgbd_sequence(width: int, height: int, n: int, noise: float, seed: int = 0):
+    """(room, true poses, Frames with Gaussian depth noise of std ``noise``) along the loop."""
+    from recon_ros.mapping.frame import Frame
+
+    room = BoxRoom()
+    K = camera(width, height)
+    traj = loop_trajectory(n)
+    rng = np.random.default_rng(seed)
+    frames = []
+    for i, T in enumerate(traj):
+        rgb, depth = room.render(K, T, width, height)
+        depth = depth + rng.normal(0, noise, depth.shape).astype(np.float32)
+        frames.append(Frame(stamp_ns=int(i * 33_333_333), rgb=rgb, K=K, depth=depth, index=i))
+    return room, traj, frames

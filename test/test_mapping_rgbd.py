@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mapping_scene import BoxRoom, camera, loop_trajectory
+from mapping_scene import BoxRoom, camera, rgbd_sequence
 from recon_ros.config import dump_yaml, from_dict, iter_params
 from recon_ros.errors import UserInputError
 from recon_ros.geometry.transforms import make_T, rotation_angle_deg
@@ -21,16 +21,7 @@ W, H, N = 128, 96, 48
 
 @pytest.fixture(scope="module")
 def sequence():
-    room = BoxRoom()
-    K = camera(W, H)
-    traj = loop_trajectory(N)
-    rng = np.random.default_rng(0)
-    frames = []
-    for i, T in enumerate(traj):
-        rgb, depth = room.render(K, T, W, H)
-        depth = depth + rng.normal(0, 0.005, depth.shape).astype(np.float32)
-        frames.append(Frame(stamp_ns=int(i * 33_333_333), rgb=rgb, K=K, depth=depth, index=i))
-    return room, traj, frames
+    return rgbd_sequence(W, H, N, noise=0.005)
 
 
 @pytest.fixture(scope="module")
