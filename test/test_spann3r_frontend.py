@@ -30,9 +30,15 @@ def tiny_cfg(spann3r_fixtures):
     return cfg
 
 
-def test_tiny_weights_run_every_stage(frames, tiny_cfg):
-    """Random weights: meaningless geometry, but shapes, frames and bookkeeping must be right."""
-    recon = Reconstructor(tiny_cfg)
+def test_tiny_weights_run_every_stage(frames, tiny_cfg, spann3r_fixtures):
+    """Random weights: meaningless geometry, but shapes, frames and bookkeeping must be right.
+    The architecture is read from the fixture's summary.json, the weights loaded strictly."""
+    import json
+
+    from recon_ros.model.checkpoint import load_model
+    from recon_ros.model.config import arch_from_dict
+    arch = arch_from_dict(json.loads((spann3r_fixtures / "summary.json").read_text())["config"])
+    recon = Reconstructor(tiny_cfg, model=load_model(tiny_cfg.model, arch=arch))
     got = []
     for f in frames:
         res = recon.process(f)
