@@ -58,6 +58,18 @@ class GroundTruthFrontend(Frontend):
                               valid=np.isfinite(pts[..., 2]), frame=frame)]
 
 
+def dense_keyframes(frames, **params) -> Reconstructor:
+    """The ground-truth test double through a Reconstructor that makes a keyframe every few
+    frames (``params``: more dotted parameters to set)."""
+    cfg = ReconConfig()
+    for name, value in {"keyframe.max_interval_s": 0.1, "keyframe.min_interval_s": 0.0, **params}.items():
+        set_value(cfg, name, value)
+    recon = Reconstructor(cfg, frontend=GroundTruthFrontend())
+    for f in frames:
+        recon.process(f)
+    return recon
+
+
 def gt_relative(frames):
     T0_inv = invert_T(frames[0].extras["T_world_cam_gt"])
     return [T0_inv @ f.extras["T_world_cam_gt"] for f in frames]
@@ -122,12 +134,7 @@ def test_depth_scale_makes_a_non_metric_frontend_metric(frames):
 
 
 def test_corrections_re_anchor_keyframes_and_the_frames_after_them(frames):
-    cfg = ReconConfig()
-    set_value(cfg, "keyframe.max_interval_s", 0.1)
-    set_value(cfg, "keyframe.min_interval_s", 0.0)
-    recon = Reconstructor(cfg, frontend=GroundTruthFrontend())
-    for f in frames:
-        recon.process(f)
+    recon = dense_keyframes(frames)
     kfs = recon.keyframes()
     assert len(kfs) >= 3
     target = kfs[1]
@@ -151,13 +158,7 @@ def test_corrections_re_anchor_keyframes_and_the_frames_after_them(frames):
 def test_evicted_keyframes_release_their_records(frames):
     """Under a small byte cap the map evicts old keyframes; the Reconstructor must not keep their
     images and pointmaps alive (memory stays bounded on long runs)."""
-    cfg = ReconConfig()
-    set_value(cfg, "keyframe.max_interval_s", 0.05)
-    set_value(cfg, "keyframe.min_interval_s", 0.0)
-    set_value(cfg, "map.max_bytes", 1_500_000)
-    recon = Reconstructor(cfg, frontend=GroundTruthFrontend())
-    for f in frames:
-        recon.process(f)
+    recon = dense_keyframes(frames, **{"keyframe.max_interval_s": 0.05, "map.max_bytes": 1_500_000})
     ms = recon.map.stats()
     assert ms.evicted_keyframes > 0 and ms.bytes <= 1_500_000
     assert len(recon._keyframes) == len(recon.map) == len(recon.keyframes())
@@ -183,12 +184,7 @@ def test_refined_depth_replaces_a_keyframe_by_stamp(frames):
 
 
 def test_frame_corrections_are_interpolated_between_keyframes(frames):
-    cfg = ReconConfig()
-    set_value(cfg, "keyframe.max_interval_s", 0.1)
-    set_value(cfg, "keyframe.min_interval_s", 0.0)
-    recon = Reconstructor(cfg, frontend=GroundTruthFrontend())
-    for f in frames:
-        recon.process(f)
+    recon = dense_keyframes(frames)
     a, b = recon.keyframes()[1:3]
     before = dict(recon.trajectory())
     shift = lambda d: make_T(np.eye(3), [d, 0.0, 0.0])  # noqa: E731
