@@ -122,14 +122,27 @@ class MemoryConfig:
                               "to a working-memory frame", min=-1.0, max=1.0)
 
 
+RUNTIME_MODES = ("eager", "static", "graph", "compile")
+
+
 @dataclass
 class RuntimeConfig:
-    """Device and numeric precision of the network."""
+    """Device, numeric precision and execution mode of the network."""
 
     device: str = param("auto", "torch device: auto (CUDA when present), cpu, cuda or cuda:N")
     precision: str = param("fp32", "trunk precision on CUDA (the DPT heads always run in fp32)",
                            choices=("fp32", "bf16", "fp16"))
     tf32: bool = param(True, "allow TF32 matmuls/convolutions on CUDA (as the reference does)")
+    mode: str = param("eager", "how a pair step runs: eager (growing memory bank, the reference "
+                      "layout), static (fixed-capacity bank, no host synchronisation), graph (static "
+                      "replayed as CUDA graphs; static without CUDA) or compile (static through "
+                      "torch.compile; static if compiling fails)",
+                      choices=RUNTIME_MODES)
+    graph_warmup: int = param(2, "graph mode: eager steps with a memory read before the CUDA graphs "
+                              "are captured", min=1)
+    preprocess: str = param("pil", "raw-frame crop/resize: pil (Lanczos, the reference's exact "
+                            "input) or torch (antialiased bicubic on the model's device; pointmaps "
+                            "differ slightly, see docs/model.md)", choices=("pil", "torch"))
 
 
 @dataclass
@@ -156,4 +169,4 @@ def memory_from_dict(d: Optional[Mapping[str, Any]]) -> MemoryConfig:
 
 
 __all__ = ["ArchConfig", "full_arch", "tiny_arch", "arch_from_dict", "arch_by_name",
-           "MemoryConfig", "RuntimeConfig", "ModelConfig", "memory_from_dict"]
+           "MemoryConfig", "RuntimeConfig", "RUNTIME_MODES", "ModelConfig", "memory_from_dict"]

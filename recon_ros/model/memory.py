@@ -21,6 +21,78 @@ from recon_ros.model.config import MemoryConfig
 log = logging.getLogger(__name__)
 
 
+PROTECT_WEIGHT = 1e8  # prune weight of tokens from the most recent insertions (always kept)
+
+
+def prune_weight(A: torch.Tensor, N: torch.Tensor, cfg: MemoryConfig) -> torch.Tensor:
+    """Prune score of every bank token [B,X,1]: accumulated attention per age, with the tokens of
+    the last ``work_mem_size + 5`` insertions protected by a huge constant weight."""
+    protect = N < cfg.work_mem_size + 5
+    return torch.where(protect, torch.full_like(A, PROTECT_WEIGHT), A / N.clamp(min=1.0))
+
+
+def prune_keep(weight: torch.Tensor, keep: int) -> torch.Tensor:
+    """Indices [B,keep,1] of the ``keep`` largest weights, sorted descending (the bank order after a
+    prune). Ties (all protected tokens share one weight) come in ``torch.topk``'s order, as in the
+    reference; that order depends only on the relative order of the weights and on their count,
+    which :mod:`recon_ros.model.static_memory` relies on to keep the same bank order."""
+    return torch.topk(weight, k=keep, dim=1, largest=True, sorted=True).indices
+
+
+READ_BLOCK = 256  # tokens per block of the memory read
+
+
+def _blocked_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum over the last axis (a multiple of READ_BLOCK long): per-block sums, added block by block."""
+    parts = x.unflatten(-1, (-1, READ_BLOCK)).sum(dim=-1)
+    acc = parts[..., 0:1]
+    for i in range(1, parts.shape[-1]):
+        acc = acc + parts[..., i:i + 1]
+    return acc
+
+
+def attend(qn: torch.Tensor, kn: torch.Tensor, vn: torch.Tensor, valid: Optional[torch.Tensor],
+           attn_thresh: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The memory read's attention: queries qn [B,P,C] over keys kn and values vn [B,X,C]
+    (all normalised), slots with ``valid`` [X] False excluded (None: all valid).
+
+    Softmax over the valid slots, weights below ``attn_thresh`` zeroed and rows renormalised;
+    a row whose every weight fell below the threshold keeps its softmax (``empty`` [B,P,1] marks
+    it). Returns (weights [B,P,X], weights @ vn [B,P,C], empty).
+
+    Hand-written (not ``softmax`` + one matmul) so that the result does not depend on X: the
+    token axis is zero-padded to whole blocks of READ_BLOCK, every product and every sum runs per
+    block on the same shapes, and block results are added in order. Padding and invalid slots
+    contribute exact zeros, so a bank padded to a fixed capacity
+    (:mod:`recon_ros.model.static_memory`) reads bit for bit what the unpadded bank reads.
+    """
+    x = kn.shape[1]
+    blocks = -(-x // READ_BLOCK)
+    pad = blocks * READ_BLOCK - x
+    keep = torch.arange(x + pad, device=kn.device) < x
+    if pad:
+        kn = F.pad(kn, (0, 0, 0, pad))
+        vn = F.pad(vn, (0, 0, 0, pad))
+    if valid is not None:
+        keep = keep & F.pad(valid, (0, pad))
+    kt = kn.transpose(-1, -2)
+    sl = [slice(i * READ_BLOCK, (i + 1) * READ_BLOCK) for i in range(blocks)]
+    logits = torch.cat([torch.matmul(qn, kt[..., s]) for s in sl], dim=-1) / math.sqrt(qn.shape[-1])
+    logits = logits.masked_fill(~keep, float("-inf"))
+    e = (logits - logits.amax(dim=-1, keepdim=True)).exp()
+    w = e / _blocked_sum(e)
+    empty = torch.zeros_like(w[..., :1], dtype=torch.bool)
+    if attn_thresh > 0:
+        kept = torch.where(w < attn_thresh, torch.zeros_like(w), w)
+        s = _blocked_sum(kept)
+        empty = s == 0
+        w = torch.where(empty, w, kept / torch.where(empty, torch.ones_like(s), s))
+    out = torch.matmul(w[..., sl[0]], vn[:, sl[0]])
+    for s in sl[1:]:
+        out = out + torch.matmul(w[..., s], vn[:, s])
+    return w[..., :x], out, empty
+
+
 @dataclass
 class InsertResult:
     """What one insertion attempt did."""
@@ -80,22 +152,15 @@ class SpatialMemory:
         if self.K is None:
             raise RuntimeError("memory read on an empty bank")
         qf = q.float()
-        logits = torch.matmul(norm_q(qf), norm_k(self.K).transpose(-1, -2)) / math.sqrt(qf.shape[-1])
-        w = logits.softmax(dim=-1)
-        thr = self.cfg.attn_thresh
-        if thr > 0:
-            kept = torch.where(w < thr, torch.zeros_like(w), w)
-            s = kept.sum(dim=-1, keepdim=True)
-            if guard_empty_rows:
-                empty = s == 0
-                if bool(empty.any()):
-                    self.nan_rows_guarded += int(empty.sum())
-                    log.warning("memory read: %d query rows fell entirely below the attention "
-                                "threshold; using their raw softmax", int(empty.sum()))
-                    kept = torch.where(empty, w, kept)
-                    s = torch.where(empty, torch.ones_like(s), s)
-            w = kept / s
-        out = torch.matmul(w, norm_v(self.V)) + qf
+        w, values, empty = attend(norm_q(qf), norm_k(self.K), norm_v(self.V), None, self.cfg.attn_thresh)
+        if not guard_empty_rows:  # the reference's 0/0
+            w = w.masked_fill(empty, float("nan"))
+            values = values.masked_fill(empty, float("nan"))
+        elif bool(empty.any()):
+            self.nan_rows_guarded += int(empty.sum())
+            log.warning("memory read: %d query rows fell entirely below the attention "
+                        "threshold; using their raw softmax", int(empty.sum()))
+        out = values + qf
         self.A = self.A + w.sum(dim=1).unsqueeze(-1)
         self.reads += 1
         return ReadResult(out=out, weights=w, mem_tokens=self.num_tokens, accumulated=self.A)
@@ -143,9 +208,7 @@ class SpatialMemory:
     def _prune(self) -> None:
         """Keep the long_mem_size tokens of largest A/N (recent insertions protected), sorted descending."""
         keep = self.cfg.long_mem_size
-        protect = self.N < self.cfg.work_mem_size + 5
-        weight = torch.where(protect, torch.full_like(self.A, 1e8), self.A / self.N.clamp(min=1.0))
-        idx = torch.topk(weight, k=min(keep, weight.shape[1]), dim=1, largest=True, sorted=True).indices
+        idx = prune_keep(prune_weight(self.A, self.N, self.cfg), min(keep, self.A.shape[1]))
         c = self.K.shape[-1]
         self.K = torch.gather(self.K, 1, idx.expand(-1, -1, c))
         self.V = torch.gather(self.V, 1, idx.expand(-1, -1, c))

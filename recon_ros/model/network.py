@@ -74,6 +74,24 @@ class Spann3RNet(nn.Module):
             return memory.read(q.float(), self.norm_q, self.norm_k, self.norm_v)
 
     # ------------------------------------------------------------------ one step
+    def pair_front(self, enc1: torch.Tensor, enc2: torch.Tensor, fused: torch.Tensor,
+                   grid: Tuple[int, int], image_hw: Tuple[int, int]) -> "PairFront":
+        """Decoders, key heads and DPT heads of one pair step (everything before the memory write)."""
+        dec1, dec2 = self.dust3r.decode(fused, enc2, grid)
+        feat_k1 = self.attn_head_1(torch.cat([enc1, dec1[-1]], dim=-1))
+        feat_k2 = self.attn_head_2(torch.cat([enc2, dec2[-1]], dim=-1))
+        res1 = self.dust3r.downstream_head1(dec1, image_hw)
+        res2 = self.dust3r.downstream_head2(dec2, image_hw)
+        return PairFront(dec1_last=dec1[-1], dec2_last=dec2[-1], feat_k1=feat_k1, feat_k2=feat_k2,
+                         res1=res1, res2=res2)
+
+    def memory_entry(self, pts3d1: torch.Tensor, feat_k1: torch.Tensor
+                     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(cur_v, key, value) of the memory insert from head 1's pointmap and key:
+        key = feat_k1, value = cur_v + feat_k1 (both float32)."""
+        cur_v = self.encode_value(pts3d1)
+        return cur_v, feat_k1.float(), cur_v.float() + feat_k1.float()
+
     def pair_step(self, memory: SpatialMemory, enc1: torch.Tensor, img2: torch.Tensor,
                   prev_feat_k2: Optional[torch.Tensor], image_hw: Tuple[int, int]) -> PairOutput:
         """Step for the pair (frame i, frame i+1): enc1 = frame i's encoder tokens,
@@ -85,17 +103,25 @@ class Spann3RNet(nn.Module):
         else:
             read = self.read_memory(memory, prev_feat_k2)
             fused = read.out.to(enc1.dtype)
-        dec1, dec2 = self.dust3r.decode(fused, enc2, grid)
-        feat_k1 = self.attn_head_1(torch.cat([enc1, dec1[-1]], dim=-1))
-        feat_k2 = self.attn_head_2(torch.cat([enc2, dec2[-1]], dim=-1))
-        res1 = self.dust3r.downstream_head1(dec1, image_hw)
-        res2 = self.dust3r.downstream_head2(dec2, image_hw)
-        cur_v = self.encode_value(res1["pts3d"])
+        front = self.pair_front(enc1, enc2, fused, grid, image_hw)
+        cur_v, key, value = self.memory_entry(front.res1["pts3d"], front.feat_k1)
         with torch.autocast(device_type=enc1.device.type, enabled=False):
-            ins = memory.insert(feat_k1.float(), cur_v.float() + feat_k1.float())
-        return PairOutput(enc1=enc1, enc2=enc2, dec_in1=fused, dec1_last=dec1[-1], dec2_last=dec2[-1],
-                          feat_k1=feat_k1, feat_k2=feat_k2, cur_v=cur_v, res1=res1, res2=res2,
-                          read=read, insert=ins)
+            ins = memory.insert(key, value)
+        return PairOutput(enc1=enc1, enc2=enc2, dec_in1=fused, dec1_last=front.dec1_last,
+                          dec2_last=front.dec2_last, feat_k1=front.feat_k1, feat_k2=front.feat_k2,
+                          cur_v=cur_v, res1=front.res1, res2=front.res2, read=read, insert=ins)
+
+
+@dataclass
+class PairFront:
+    """The part of a pair step before the memory write."""
+
+    dec1_last: torch.Tensor
+    dec2_last: torch.Tensor
+    feat_k1: torch.Tensor
+    feat_k2: torch.Tensor
+    res1: Dict[str, torch.Tensor]
+    res2: Dict[str, torch.Tensor]
 
 
 def build_model(arch: Optional[ArchConfig] = None, device: torch.device | str = "cpu") -> Spann3RNet:

@@ -14,6 +14,7 @@ from typing import Tuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from recon_ros.errors import UserInputError
@@ -64,39 +65,80 @@ def _shift_principal(K: np.ndarray, scaling: float, offset: np.ndarray) -> np.nd
     return out
 
 
-def preprocess_rgb(rgb: np.ndarray, target_wh: Tuple[int, int] = (224, 224)) -> Preprocessed:
-    """Preprocess one raw RGB frame for the model (see module docstring)."""
-    rgb = validate_rgb(rgb)
+@dataclass(frozen=True)
+class CropResize:
+    """The reference's crop/resize geometry for one raw image size and target size."""
+
+    left: int  # first crop (to an even size, centred on (W//2, H//2))
+    top: int
+    w1: int
+    h1: int
+    w2: int  # resized size (covers the target)
+    h2: int
+    l2: int  # second crop (to the target)
+    t2: int
+    tw: int
+    th: int
+    pixel_map: PixelMap
+
+
+def crop_resize_geometry(h0: int, w0: int, target_wh: Tuple[int, int]) -> CropResize:
+    """Crop/resize geometry of :func:`preprocess_rgb` (see module docstring), shared by the PIL
+    and the torch paths."""
     tw, th = check_target_size(target_wh)
-    h0, w0 = rgb.shape[:2]
     # 1. crop centred on (W//2, H//2): drops the last row/column of odd sizes
     cx, cy = w0 // 2, h0 // 2
     hw, hh = min(cx, w0 - cx), min(cy, h0 - cy)
     left, top = cx - hw, cy - hh
-    img = Image.fromarray(np.ascontiguousarray(rgb[top:cy + hh, left:cx + hw]))
     K = np.array([[1, 0, cx - left], [0, 1, cy - top], [0, 0, 1]], dtype=np.float32)
-    w1, h1 = img.size
-    # 2. Lanczos resize so that the image covers the target
+    w1, h1 = 2 * hw, 2 * hh
+    # 2. resize so that the image covers the target
     res_in = np.array([w1, h1])
     scale = float(np.max(np.array([tw, th]) / res_in)) + 1e-8
     w2, h2 = (int(v) for v in np.floor(res_in * scale).astype(int))
     if w2 < tw or h2 < th:
         raise UserInputError(f"image {w0}x{h0} cannot be resized to cover {tw}x{th}")
-    img = img.resize((w2, h2), resample=Image.Resampling.LANCZOS)
     margin = res_in * scale - np.array([w2, h2])
     K = _shift_principal(K, scale, 0.5 * margin)
     # 3. centred crop to the target, offsets from float32 principal points, round half to even
     K_crop = _shift_principal(K, 1, 0.5 * (np.array([w2, h2]) - np.array([tw, th])))
     l2, t2 = (int(v) for v in np.round(K[:2, 2] - K_crop[:2, 2]).astype(np.int32))
-    img = img.crop((l2, t2, l2 + tw, t2 + th))
-    out_rgb = np.asarray(img, dtype=np.uint8).copy()
-    tensor = torch.from_numpy(out_rgb).permute(2, 0, 1).float().div(255)
-    tensor = (tensor - 0.5) / 0.5
     pm = PixelMap(sx=scale, sy=scale,
                   tx=-0.5 * (w1 * scale - w2) - l2 - left * scale,
                   ty=-0.5 * (h1 * scale - h2) - t2 - top * scale,
                   image_size=(w0, h0), model_size=(tw, th))
-    return Preprocessed(img=tensor[None].contiguous(), rgb=out_rgb, pixel_map=pm, true_shape=(th, tw))
+    return CropResize(left, top, w1, h1, w2, h2, l2, t2, tw, th, pm)
+
+
+def _normalise(rgb_chw: torch.Tensor) -> torch.Tensor:
+    """uint8-valued CHW colours -> float32 in [-1, 1], as the reference: (x / 255 - 0.5) / 0.5."""
+    return (rgb_chw.float().div(255) - 0.5) / 0.5
+
+
+def preprocess_rgb(rgb: np.ndarray, target_wh: Tuple[int, int] = (224, 224)) -> Preprocessed:
+    """Preprocess one raw RGB frame for the model (see module docstring)."""
+    rgb = validate_rgb(rgb)
+    g = crop_resize_geometry(rgb.shape[0], rgb.shape[1], target_wh)
+    img = Image.fromarray(np.ascontiguousarray(rgb[g.top:g.top + g.h1, g.left:g.left + g.w1]))
+    img = img.resize((g.w2, g.h2), resample=Image.Resampling.LANCZOS)
+    img = img.crop((g.l2, g.t2, g.l2 + g.tw, g.t2 + g.th))
+    out_rgb = np.asarray(img, dtype=np.uint8).copy()
+    tensor = _normalise(torch.from_numpy(out_rgb).permute(2, 0, 1))
+    return Preprocessed(img=tensor[None].contiguous(), rgb=out_rgb, pixel_map=g.pixel_map, true_shape=(g.th, g.tw))
+
+
+def preprocess_rgb_torch(rgb: torch.Tensor, g: CropResize) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The same crop/resize on a raw H x W x 3 uint8 tensor on any device, with torch.
+
+    Resampling is antialiased bicubic (``F.interpolate(..., antialias=True)``), not PIL's
+    Lanczos, so the model input differs by a few grey levels at edges (measured in
+    docs/model.md); the colours are rounded to uint8 like PIL's output. Returns the model input
+    [1,3,H,W] float32 in [-1, 1] and the uint8 colours [H,W,3], both on ``rgb.device``.
+    """
+    x = rgb[g.top:g.top + g.h1, g.left:g.left + g.w1].permute(2, 0, 1)[None].float()
+    x = F.interpolate(x, size=(g.h2, g.w2), mode="bicubic", align_corners=False, antialias=True)
+    x = x[:, :, g.t2:g.t2 + g.th, g.l2:g.l2 + g.tw].round().clamp(0, 255)
+    return _normalise(x), x[0].permute(1, 2, 0).to(torch.uint8)
 
 
 def img_to_rgb(img: torch.Tensor) -> np.ndarray:

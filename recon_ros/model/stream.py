@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, Iterable, List, Optional, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -17,10 +17,13 @@ import torch
 from recon_ros.errors import UserInputError
 from recon_ros.geometry.camera import PixelMap
 from recon_ros.model.config import MemoryConfig, RuntimeConfig
-from recon_ros.model.memory import InsertResult, SpatialMemory
+from recon_ros.model.memory import InsertResult, ReadResult, SpatialMemory
 from recon_ros.model.network import PairOutput, Spann3RNet
 from recon_ros.model.precision import Precision, resolve_precision
-from recon_ros.model.preprocess import check_target_size, img_to_rgb, preprocess_rgb, validate_model_input
+from recon_ros.model.preprocess import (check_target_size, crop_resize_geometry, img_to_rgb, preprocess_rgb,
+                                        preprocess_rgb_torch, validate_model_input, validate_rgb)
+from recon_ros.model.runtime import HostCopier, HostUploader, StaticStepper
+from recon_ros.model.static_memory import StaticMemory
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +66,7 @@ class StreamStats:
 @dataclass
 class _Pending:
     index: int
-    enc: torch.Tensor
+    enc: Optional[torch.Tensor]  # encoder tokens (eager mode; the static modes carry them themselves)
     rgb: np.ndarray
     pixel_map: Optional[PixelMap]
 
@@ -79,19 +82,39 @@ class Spann3RStream:
     def __init__(self, model: Spann3RNet, runtime: Optional[RuntimeConfig] = None,
                  memory: Optional[MemoryConfig] = None, target_wh: Tuple[int, int] = (224, 224),
                  provisional: bool = True, on_step: Optional[StepHook] = None) -> None:
-        self.precision: Precision = resolve_precision(runtime or RuntimeConfig())
+        runtime = runtime or RuntimeConfig()
+        self.runtime = runtime
+        self.precision: Precision = resolve_precision(runtime)
         self.model = model.to(self.precision.device).eval()
         self.memory_cfg = memory or MemoryConfig()
         self.target_wh = check_target_size(target_wh, model.arch.patch_size)
         self.want_provisional = provisional
         self.on_step = on_step
-        self.memory = SpatialMemory(self.memory_cfg)
+        dev = self.precision.device
+        self._dynamic = SpatialMemory(self.memory_cfg)
+        self.stepper: Optional[StaticStepper] = None
+        if runtime.mode != "eager":
+            self.stepper = StaticStepper(self.model, self.memory_cfg, self.precision, runtime.mode,
+                                         graph_warmup=runtime.graph_warmup, snapshot_reads=on_step is not None)
+        self.torch_preprocess = runtime.preprocess == "torch"
+        self._copier = HostCopier(dev)
+        self._upload = HostUploader(dev)
         self.reset()
+
+    @property
+    def mode(self) -> str:
+        """The execution mode in use (after fallbacks): eager, static, graph or compile."""
+        return "eager" if self.stepper is None else self.stepper.mode
+
+    @property
+    def memory(self) -> SpatialMemory | StaticMemory | None:
+        """The memory of the current sequence (the static modes allocate it at the first frame)."""
+        return self._dynamic if self.stepper is None else self.stepper.memory
 
     # ------------------------------------------------------------------ state
     def reset(self) -> None:
         """Forget the sequence: a fresh memory; the next frame defines the world frame."""
-        self.memory.reset()
+        self._dynamic.reset()
         self._prev: Optional[_Pending] = None
         self._prev_k2: Optional[torch.Tensor] = None
         self._last: Optional[FrameOutput] = None
@@ -100,29 +123,43 @@ class Spann3RStream:
         self._frames = 0
         self._steps = 0
         self._flushed = False
+        self._mstats = dict(num_tokens=0, wm=0, lm=0, inserts=0, skips=0, prunes=0, reads=0)
 
     def stats(self) -> StreamStats:
-        m = self.memory
-        return StreamStats(frames_processed=self._frames, steps=self._steps, memory_tokens=m.num_tokens,
-                           working_memory_frames=m.wm, long_term_tokens=m.lm, inserts=m.inserts,
-                           skips=m.skips, prunes=m.prunes, reads=m.reads)
+        if self.stepper is None:
+            m = self._dynamic
+            c = dict(num_tokens=m.num_tokens, wm=m.wm, lm=m.lm, inserts=m.inserts, skips=m.skips,
+                     prunes=m.prunes, reads=m.reads)
+        else:
+            c = self._mstats
+        return StreamStats(frames_processed=self._frames, steps=self._steps, memory_tokens=c["num_tokens"],
+                           working_memory_frames=c["wm"], long_term_tokens=c["lm"], inserts=c["inserts"],
+                           skips=c["skips"], prunes=c["prunes"], reads=c["reads"])
 
     # ------------------------------------------------------------------ input
-    def _prepare(self, frame: ImageInput) -> Tuple[torch.Tensor, np.ndarray, Optional[PixelMap]]:
+    def _prepare(self, frame: ImageInput) -> Tuple[torch.Tensor, Optional[np.ndarray], Optional[PixelMap],
+                                                   Optional[torch.Tensor]]:
+        """(model input on the device, colours or None, pixel map, colours on the device or None)."""
         if isinstance(frame, np.ndarray) and frame.dtype == np.uint8:
             raw_hw = (int(frame.shape[0]), int(frame.shape[1])) if frame.ndim >= 2 else None
             if self._raw_hw is not None and raw_hw != self._raw_hw:
                 raise UserInputError(f"image size changed from {self._raw_hw[1]}x{self._raw_hw[0]} to "
                                      f"{frame.shape[1]}x{frame.shape[0]} within one sequence; "
                                      "call reset() to start a new sequence")
+            if self.torch_preprocess:
+                rgb = validate_rgb(frame)
+                geom = crop_resize_geometry(rgb.shape[0], rgb.shape[1], self.target_wh)
+                img, rgb_dev = preprocess_rgb_torch(self._upload(torch.from_numpy(rgb)), geom)
+                self._raw_hw = raw_hw
+                return img, None, geom.pixel_map, rgb_dev
             pre = preprocess_rgb(frame, self.target_wh)
             self._raw_hw = raw_hw
-            return pre.img, pre.rgb, pre.pixel_map
+            return self._upload(pre.img), pre.rgb, pre.pixel_map, None
         if isinstance(frame, torch.Tensor) and frame.dtype == torch.uint8:
             raise UserInputError("uint8 tensors are ambiguous; pass raw RGB as an H x W x 3 numpy array "
                                  "or a preprocessed float32 tensor in [-1, 1]")
         img = validate_model_input(frame, self._hw, self.model.arch.patch_size)
-        return img, img_to_rgb(img), None
+        return self._upload(img), img_to_rgb(img), None, None
 
     # ------------------------------------------------------------------ loop
     @torch.no_grad()
@@ -131,32 +168,94 @@ class Spann3RStream:
         output of the previous frame (and the provisional output of this one)."""
         if self._flushed:
             self.reset()
-        img, rgb, pm = self._prepare(frame)
+        img, rgb, pm, rgb_dev = self._prepare(frame)
         hw = (int(img.shape[2]), int(img.shape[3]))
         if self._hw is not None and hw != self._hw:
             raise UserInputError(f"model input size changed from {self._hw} to {hw}; call reset() first")
-        img = img.to(self.precision.device, non_blocking=True)
         index = self._frames
-        with self.precision.autocast():
-            if self._prev is None:
-                enc, _ = self.model.encode(img)
-                self._prev = _Pending(index, enc, rgb, pm)
-                self._hw = hw
-                self._frames += 1
-                return None
-            prev = self._prev
-            out = self.model.pair_step(self.memory, prev.enc, img, self._prev_k2, hw)
+        if self._prev is None:
+            if rgb is None:
+                rgb = rgb_dev.cpu().numpy()
+            if self.stepper is None:
+                with self.precision.autocast():
+                    enc, _ = self.model.encode(img)
+            else:
+                self.stepper.start(img)
+                enc = None
+            self._prev = _Pending(index, enc, rgb, pm)
+            self._hw = hw
+            self._frames += 1
+            return None
+        prev = self._prev
+        if self.stepper is None:
+            out, host = self._eager_step(prev, img, hw, rgb_dev)
+        else:
+            out, host = self._static_step(img, rgb_dev)
+        if rgb is None:
+            rgb = host["rgb"]
         self._frames += 1
-        step = self._steps
         self._steps += 1
-        if self.on_step is not None:
-            self.on_step(step, out)
-        final = FrameOutput(prev.index, *_to_numpy(out.res1), prev.rgb, prev.pixel_map, provisional=False)
-        newest = FrameOutput(index, *_to_numpy(out.res2), rgb, pm, provisional=True)
+        final = FrameOutput(prev.index, host["pts1"], host["conf1"], prev.rgb, prev.pixel_map, provisional=False)
+        newest = FrameOutput(index, host["pts2"], host["conf2"], rgb, pm, provisional=True)
         self._last = newest
-        self._prev = _Pending(index, out.enc2, rgb, pm)
-        self._prev_k2 = out.feat_k2
+        self._prev = _Pending(index, out.enc2 if self.stepper is None else None, rgb, pm)
         return StepResult(final=final, provisional=newest if self.want_provisional else None, insert=out.insert)
+
+    def _outputs(self, res1: dict, res2: dict, rgb_dev: Optional[torch.Tensor]) -> Dict[str, torch.Tensor]:
+        out = {"pts1": res1["pts3d"][0], "conf1": res1["conf"][0], "pts2": res2["pts3d"][0], "conf2": res2["conf"][0]}
+        if rgb_dev is not None:
+            out["rgb"] = rgb_dev
+        return out
+
+    def _eager_step(self, prev: _Pending, img: torch.Tensor, hw: Tuple[int, int],
+                    rgb_dev: Optional[torch.Tensor]) -> Tuple[PairOutput, Dict[str, np.ndarray]]:
+        with self.precision.autocast():
+            out = self.model.pair_step(self._dynamic, prev.enc, img, self._prev_k2, hw)
+        self._copier.start(self._outputs(out.res1, out.res2, rgb_dev))
+        if self.on_step is not None:
+            self.on_step(self._steps, out)
+        self._prev_k2 = out.feat_k2
+        return out, self._copier.finish()
+
+    def _static_step(self, img: torch.Tensor, rgb_dev: Optional[torch.Tensor]
+                     ) -> Tuple[PairOutput, Dict[str, np.ndarray]]:
+        st, step = self.stepper, self._steps
+        st.set_input(img)
+        front = st.front()
+        # pointmaps/confidences leave the device while the value encoder and memory write run
+        self._copier.start(self._outputs({"pts3d": front["pts1"], "conf": front["conf1"]},
+                                         {"pts3d": front["pts2"], "conf": front["conf2"]}, rgb_dev))
+        back = st.back()
+        self._copier.start({"trace": st.memory.trace})
+        out = None
+        if self.on_step is not None:
+            out = self._debug_output(front, back, step)
+            self.on_step(step, out)
+        st.carry(front)
+        host = self._copier.finish()
+        ins = st.memory.insert_result(torch.from_numpy(host["trace"]), with_counts=out is not None)
+        if out is None:
+            out = _StaticStepOutput(insert=ins)
+        m = self._mstats
+        m.update(num_tokens=ins.tokens_after, wm=ins.wm_after, lm=ins.lm_after, reads=m["reads"] + (step > 0),
+                 inserts=m["inserts"] + ins.inserted, skips=m["skips"] + (not ins.inserted),
+                 prunes=m["prunes"] + ins.pruned)
+        return out, host
+
+    def _debug_output(self, front: Dict[str, torch.Tensor], back: Dict[str, torch.Tensor], step: int) -> PairOutput:
+        """A :class:`PairOutput` with copies of the static step's tensors (reads the device)."""
+        mem = self.stepper.memory
+        read = None
+        if "read_out" in front:
+            n = int(front["read_tokens"])
+            read = ReadResult(out=front["read_out"].clone(), weights=front["read_weights"][..., :n].clone(),
+                              mem_tokens=n, accumulated=front["read_accumulated"][:, :n].clone())
+        c = {k: v.clone() for k, v in front.items() if isinstance(v, torch.Tensor)}
+        return PairOutput(enc1=c["enc1"], enc2=c["enc2"], dec_in1=c["fused"], dec1_last=c["dec1_last"],
+                          dec2_last=c["dec2_last"], feat_k1=c["feat_k1"], feat_k2=c["feat_k2"],
+                          cur_v=back["cur_v"].clone(), res1={"pts3d": c["pts1"], "conf": c["conf1"]},
+                          res2={"pts3d": c["pts2"], "conf": c["conf2"]}, read=read,
+                          insert=mem.insert_result())
 
     def flush(self) -> Optional[FrameOutput]:
         """End the sequence: the last frame's final output (None if fewer than two frames were
@@ -170,8 +269,11 @@ class Spann3RStream:
         return FrameOutput(last.index, last.pts3d, last.conf, last.rgb, last.pixel_map, provisional=False)
 
 
-def _to_numpy(res: dict) -> Tuple[np.ndarray, np.ndarray]:
-    return (res["pts3d"][0].float().cpu().numpy(), res["conf"][0].float().cpu().numpy())
+@dataclass
+class _StaticStepOutput:
+    """What the stream keeps of a static-mode step when no ``on_step`` hook asks for more."""
+
+    insert: InsertResult
 
 
 def run_sequence(stream: Spann3RStream, frames: Iterable[ImageInput]) -> List[FrameOutput]:
