@@ -2,19 +2,17 @@
 host copy/upload helpers (no-ops without CUDA). The CUDA side is in test_model_graph.py."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from recon_ros.model.checkpoint import extract_state_dict, load_state_dict_strict, read_checkpoint
-from recon_ros.model.config import RuntimeConfig, arch_from_dict, memory_from_dict
-from recon_ros.model.network import build_model
+from recon_ros.model.config import RuntimeConfig, memory_from_dict
 from recon_ros.model.preprocess import crop_resize_geometry, preprocess_rgb, preprocess_rgb_torch
 from recon_ros.model.runtime import HostCopier, HostUploader
 from recon_ros.model.stream import Spann3RStream, run_sequence
+from tiny_spann3r import load_tiny_model
 
 
 @pytest.mark.parametrize("name", ["scenario_a", "scenario_b", "preprocess_odd"])
@@ -46,9 +44,7 @@ def test_torch_preprocessing_a_shifted_crop_is_detected(spann3r_fixtures: Path):
 
 
 def test_stream_with_torch_preprocessing(spann3r_fixtures: Path):
-    summary = json.loads((spann3r_fixtures / "summary.json").read_text())
-    model = build_model(arch_from_dict(summary["config"]))
-    load_state_dict_strict(model, extract_state_dict(read_checkpoint(spann3r_fixtures / "tiny_state_dict.pt")), "tiny")
+    model, summary = load_tiny_model(spann3r_fixtures)
     ref = np.load(spann3r_fixtures / "scenario_b.npz")
     h, w = ref["img"].shape[-2:]
     outs = {}

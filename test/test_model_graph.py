@@ -2,7 +2,6 @@
 side-stream copies, torch preprocessing on the device, flat GPU memory. All ``gpu``-marked."""
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -10,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from recon_ros.model.checkpoint import extract_state_dict, load_state_dict_strict, read_checkpoint
-from recon_ros.model.config import RuntimeConfig, arch_from_dict, memory_from_dict, tiny_arch
-from recon_ros.model.network import build_model, build_random_model
+from recon_ros.model.config import RuntimeConfig, memory_from_dict, tiny_arch
+from recon_ros.model.network import build_random_model
 from recon_ros.model.preprocess import crop_resize_geometry, preprocess_rgb_torch
 from recon_ros.model.runtime import HostCopier, HostUploader
 from recon_ros.model.stream import Spann3RStream
+from tiny_spann3r import load_tiny_model
 
 pytestmark = pytest.mark.gpu
 
@@ -32,10 +31,7 @@ def _rel(got: np.ndarray, want: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def setup(spann3r_fixtures: Path):
     _need_cuda()
-    summary = json.loads((spann3r_fixtures / "summary.json").read_text())
-    model = build_model(arch_from_dict(summary["config"]))
-    load_state_dict_strict(model, extract_state_dict(read_checkpoint(spann3r_fixtures / "tiny_state_dict.pt")),
-                           "tiny fixture state dict")
+    model, summary = load_tiny_model(spann3r_fixtures)
     ref = dict(np.load(spann3r_fixtures / "scenario_b.npz"))
     return model, memory_from_dict(summary["scenario_b"]["memory"]), ref
 

@@ -19,12 +19,12 @@ import pytest
 import torch
 from torch import nn
 
-from recon_ros.model.checkpoint import extract_state_dict, load_state_dict_strict, read_checkpoint
-from recon_ros.model.config import MemoryConfig, RuntimeConfig, arch_from_dict, memory_from_dict
+from recon_ros.model.config import MemoryConfig, RuntimeConfig, memory_from_dict
 from recon_ros.model.memory import SpatialMemory
-from recon_ros.model.network import PairOutput, build_model
+from recon_ros.model.network import PairOutput
 from recon_ros.model.static_memory import StaticMemory, prune_sizes, static_capacity
 from recon_ros.model.stream import Spann3RStream
+from tiny_spann3r import load_tiny_model
 
 REL = 1e-6  # of each tensor's scale
 
@@ -62,10 +62,7 @@ def _run(model, summary: dict, img: torch.Tensor, mode: str) -> Dict:
 @pytest.fixture(scope="module")
 def fixture_runs(spann3r_fixtures: Path):
     """Eager and static runs of every fixture scenario with the fixture's tiny model."""
-    summary = json.loads((spann3r_fixtures / "summary.json").read_text())
-    model = build_model(arch_from_dict(summary["config"]))
-    load_state_dict_strict(model, extract_state_dict(read_checkpoint(spann3r_fixtures / "tiny_state_dict.pt")),
-                           "tiny fixture state dict")
+    model, summary = load_tiny_model(spann3r_fixtures)
     names = _scenarios(spann3r_fixtures)
     assert {"scenario_a", "scenario_b"} <= set(names)
     runs = {}
@@ -248,10 +245,7 @@ def test_static_pair_step_never_reads_tensors_on_the_host():
 # ----------------------------------------------------------------------------- modes and fallbacks
 @pytest.fixture(scope="module")
 def tiny_setup(spann3r_fixtures: Path):
-    summary = json.loads((spann3r_fixtures / "summary.json").read_text())
-    model = build_model(arch_from_dict(summary["config"]))
-    load_state_dict_strict(model, extract_state_dict(read_checkpoint(spann3r_fixtures / "tiny_state_dict.pt")),
-                           "tiny fixture state dict")
+    model, summary = load_tiny_model(spann3r_fixtures)
     ref = dict(np.load(spann3r_fixtures / "scenario_b.npz"))
     return model, memory_from_dict(summary["scenario_b"]["memory"]), ref
 

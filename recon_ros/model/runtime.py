@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass
 from typing import Callable, ContextManager, Dict, Optional, Tuple
 
 import numpy as np
@@ -120,14 +119,6 @@ class HostUploader:
         return out
 
 
-@dataclass
-class StaticStep:
-    """Live output tensors of one step (overwritten by the next step in graph mode)."""
-
-    front: TensorDict  # enc1 (carry), enc2, fused, dec1_last, dec2_last, feat_k1, feat_k2, pts1, conf1, pts2, conf2 [, read_*]
-    back: TensorDict  # cur_v
-
-
 class StaticStepper:
     """Runs pair steps over a :class:`StaticMemory` in ``static``, ``graph`` or ``compile`` mode.
 
@@ -161,8 +152,12 @@ class StaticStepper:
         self.captures = 0  # CUDA graph captures so far (for tests and benchmarks)
         self._capturing = False
         if self.mode == "compile":
-            self._compiled = (torch.compile(self._front_read, dynamic=False),
-                              torch.compile(self._back_fn, dynamic=False))
+            try:
+                self._compiled = (torch.compile(self._front_read, dynamic=False),
+                                  torch.compile(self._back_fn, dynamic=False))
+                log.info("runtime mode 'compile': the first steps with a memory read compile the step")
+            except Exception as exc:  # noqa: BLE001 - e.g. an unsupported Python version
+                self._compile_failed(exc)
 
     # ------------------------------------------------------------------ contexts
     def _autocast(self, capture: bool = False) -> ContextManager:

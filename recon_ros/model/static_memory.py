@@ -25,7 +25,6 @@ The capacity is the largest bank the loop can hold, right before a prune:
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional, Tuple
 

@@ -149,7 +149,7 @@ class Spann3RStream:
             if self.torch_preprocess:
                 rgb = validate_rgb(frame)
                 geom = crop_resize_geometry(rgb.shape[0], rgb.shape[1], self.target_wh)
-                img, rgb_dev = preprocess_rgb_torch(self._upload(torch.from_numpy(rgb)), geom)
+                img, rgb_dev = preprocess_rgb_torch(self._upload(torch.from_numpy(np.ascontiguousarray(rgb))), geom)
                 self._raw_hw = raw_hw
                 return img, None, geom.pixel_map, rgb_dev
             pre = preprocess_rgb(frame, self.target_wh)
