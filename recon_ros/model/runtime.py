@@ -153,8 +153,10 @@ class StaticStepper:
         self._capturing = False
         if self.mode == "compile":
             try:
+                # the insert stays uncompiled: Inductor turned its in-place gather of the bank
+                # (a prune's permutation) into a kernel that reads the slots it overwrites
                 self._compiled = (torch.compile(self._front_read, dynamic=False),
-                                  torch.compile(self._back_fn, dynamic=False))
+                                  torch.compile(self._entry_fn, dynamic=False))
                 log.info("runtime mode 'compile': the first steps with a memory read compile the step")
             except Exception as exc:  # noqa: BLE001 - e.g. an unsupported Python version
                 self._compile_failed(exc)
@@ -219,9 +221,13 @@ class StaticStepper:
     def _front_read(self) -> TensorDict:
         return self._front_fn(True)
 
-    def _back_fn(self, pts1: torch.Tensor, feat_k1: torch.Tensor) -> TensorDict:
+    def _entry_fn(self, pts1: torch.Tensor, feat_k1: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         with self._autocast(capture=self._capturing):
-            cur_v, key, value = self.model.memory_entry(pts1, feat_k1)
+            return self.model.memory_entry(pts1, feat_k1)
+
+    def _back_fn(self, pts1: torch.Tensor, feat_k1: torch.Tensor,
+                 entry: Optional[Callable[..., Tuple[torch.Tensor, ...]]] = None) -> TensorDict:
+        cur_v, key, value = (entry or self._entry_fn)(pts1, feat_k1)
         with torch.autocast(device_type=pts1.device.type, enabled=False):
             self.memory.insert(key, value)
         return {"cur_v": cur_v}
@@ -272,7 +278,7 @@ class StaticStepper:
             if self.mode != "compile":
                 return self._back_fn(out["pts1"], out["feat_k1"])
             try:
-                return back_c(out["pts1"], out["feat_k1"])
+                return self._back_fn(out["pts1"], out["feat_k1"], entry=back_c)
             except Exception as exc:  # noqa: BLE001
                 self._compile_failed(exc)
                 return self._back_fn(out["pts1"], out["feat_k1"])
