@@ -6,9 +6,10 @@ keyframe's pose and its depth and grey image at tracking resolution (enough to r
 tracking pyramid). A lost frame is relocalized in three steps:
 
 1. **retrieval**: the frame's SIFT descriptors are ranked against every keyframe with the
-   online bag of words of :mod:`recon_ros.refine.retrieval` (learnt lazily from the
-   database's descriptors when the first relocalization needs it, again whenever the
-   database has doubled); the best ``candidates`` keyframes are verified, best first;
+   online bag of words of :mod:`recon_ros.refine.retrieval` (learnt from the database's
+   descriptors once it holds ``vocabulary_keyframes`` keyframes, again whenever it has
+   doubled, from at most 6,000 sampled descriptors); the best ``candidates`` keyframes are
+   verified, best first;
 2. **PnP-RANSAC**: mutual ratio-test matches between the frame's keypoints (2D) and the
    candidate's lifted keypoints (3D, world frame) give a pose by OpenCV's ``solvePnPRansac``
    (P3P hypotheses, Levenberg-Marquardt refinement on the inliers); it needs ``min_inliers``
@@ -40,7 +41,7 @@ from recon_ros.refine.retrieval import BowIndex
 log = logging.getLogger(__name__)
 
 #: descriptors sampled for learning a vocabulary, in all (bounds the k-means cost)
-VOCABULARY_SAMPLE = 12_000
+VOCABULARY_SAMPLE = 6_000
 
 
 @dataclass
@@ -52,8 +53,8 @@ class DatabaseEntry:
     T_world_cam: np.ndarray
     X_cam: np.ndarray  # (N, 3) float32 keypoints lifted with the keyframe's depth
     uv: np.ndarray  # (N, 2) float32 image pixels of the same keypoints
-    desc: np.ndarray  # (N, 128) float16 RootSIFT
-    retrieval_desc: np.ndarray  # (M, 128) float16: all strong keypoints (with or without depth)
+    desc: np.ndarray  # (N, 128) uint8 RootSIFT (times 255, see quantise())
+    retrieval_desc: np.ndarray  # (M, 128) uint8: all strong keypoints (with or without depth)
     payload: dict = field(default_factory=dict)  # what the frontend needs to verify densely
 
     @property
@@ -76,6 +77,15 @@ class RelocResult:
     ms: float = 0.0
     reason: str = ""  # why it failed (or how it succeeded)
     entry: Optional[DatabaseEntry] = None
+
+
+def quantise(desc: np.ndarray) -> np.ndarray:
+    """RootSIFT descriptors (components in [0, 1]) stored as uint8: a quarter of the memory."""
+    return np.clip(np.rint(np.asarray(desc, np.float32) * 255.0), 0, 255).astype(np.uint8)
+
+
+def dequantise(q: np.ndarray) -> np.ndarray:
+    return q.astype(np.float32) * np.float32(1.0 / 255.0)
 
 
 def image_features(rgb: np.ndarray, cfg: RelocalizationConfig) -> Features:
@@ -176,17 +186,18 @@ class KeyframeDatabase:
                                                                          np.zeros(0, bool))
         e = DatabaseEntry(id=kf_id, stamp_ns=stamp_ns, T_world_cam=np.array(T_world_cam, np.float64),
                           X_cam=X[ok], uv=feats.uv[ok].astype(np.float32),
-                          desc=feats.desc[ok].astype(np.float16),
-                          retrieval_desc=feats.strong().astype(np.float16), payload=dict(payload or {}))
+                          desc=quantise(feats.desc[ok]), retrieval_desc=quantise(feats.strong()),
+                          payload=dict(payload or {}))
         self._entries[kf_id] = e
         self._bytes += e.nbytes
         if self._bow is not None:
-            self._bow.add(kf_id, e.retrieval_desc.astype(np.float32))
+            self._bow.add(kf_id, dequantise(e.retrieval_desc))
         while len(self._entries) > self.config.max_keyframes:
             _, old = self._entries.popitem(last=False)
             self._bytes -= old.nbytes
             if self._bow is not None:
                 self._bow.counts.pop(old.id, None)
+        self._vocabulary()  # learnt while tracking works, not when a lost frame is waiting
         return e
 
     def _vocabulary(self) -> Optional[BowIndex]:
@@ -197,9 +208,9 @@ class KeyframeDatabase:
         if self._bow is None or n >= 2 * self._bow_built_on:
             per_kf = max(16, VOCABULARY_SAMPLE // n)
             bow = BowIndex(vocabulary_size=self.config.vocabulary_size, sample_per_keyframe=per_kf)
-            if bow.build_vocabulary([e.retrieval_desc.astype(np.float32) for e in self._entries.values()]):
+            if bow.build_vocabulary([dequantise(e.retrieval_desc) for e in self._entries.values()]):
                 for e in self._entries.values():
-                    bow.add(e.id, e.retrieval_desc.astype(np.float32))
+                    bow.add(e.id, dequantise(e.retrieval_desc))
                 self._bow, self._bow_built_on = bow, n
                 self._counts["vocabularies"] += 1
                 log.debug("relocalization vocabulary learnt from %d keyframes", n)
@@ -238,7 +249,7 @@ class KeyframeDatabase:
                 e = self._entries[kf_id]
                 res.tried += 1
                 self._counts["candidates_verified"] += 1
-                m, _ = mutual_ratio_matches(desc, e.desc.astype(np.float32), cfg.ratio)
+                m, _ = mutual_ratio_matches(desc, dequantise(e.desc), cfg.ratio)
                 if len(m) < cfg.min_inliers:
                     why.append(f"kf {kf_id}: {len(m)} matches")
                     continue

@@ -263,7 +263,8 @@ class RGBDFrontend(Frontend):
 
     def _entry_model(self, entry: DatabaseEntry) -> tuple[np.ndarray, list[PyramidLevel]]:
         p = entry.payload
-        pyr = build_pyramid(p["depth"], p["gray"], p["K"], 1, self.config.tracking.pyramid_levels)
+        gray = p["gray"].astype(np.float32) * np.float32(1.0 / 255.0)
+        pyr = build_pyramid(p["depth"], gray, p["K"], 1, self.config.tracking.pyramid_levels)
         return entry.T_world_cam, pyr
 
     def _relocalized(self, frame: Frame, depth: np.ndarray, pyr: list[PyramidLevel], T: np.ndarray,
@@ -289,6 +290,8 @@ class RGBDFrontend(Frontend):
             return f"{100 * res.inlier_fraction:.0f}% of points matched (< {100 * tc.min_inlier_fraction:.0f}%)"
         if not res.rms_m <= tc.max_residual_m:
             return f"residual {res.rms_m:.3f} m > {tc.max_residual_m} m"
+        if tc.photometric_weight > 0 and res.photometric_rms > tc.max_photometric_rms:
+            return f"intensity residual {res.photometric_rms:.3f} > {tc.max_photometric_rms}"
         jt, jr = pose_delta(T_pred, res.T_world_cam)
         if jt > tc.max_jump_m or jr > tc.max_jump_deg:
             return f"pose jumped {jt:.2f} m / {jr:.1f} deg from its prediction"
@@ -328,8 +331,8 @@ class RGBDFrontend(Frontend):
         del self._model[:-self.config.tracking.model_keyframes]
         if self.config.relocalization.enabled:
             lvl = pyr[0]
-            payload = {"depth": np.ascontiguousarray(lvl.vertices[..., 2]), "gray": lvl.intensity,
-                       "K": lvl.K}
+            payload = {"depth": np.ascontiguousarray(lvl.vertices[..., 2]),
+                       "gray": np.rint(lvl.intensity * 255.0).astype(np.uint8), "K": lvl.K}
             self.database.add(self._next_kf, frame.stamp_ns, T, frame.rgb, depth,
                               np.asarray(frame.K, float), payload)
             self._next_kf += 1

@@ -84,6 +84,11 @@ class TrackingConfig:
                               "from its constant-velocity prediction (metres)", min=0.001, max=100.0)
     max_jump_deg: float = param(30.0, "... or turns by more than this (degrees)",
                                 min=0.1, max=180.0)
+    max_photometric_rms: float = param(0.1, "tracking fails when the RMS intensity residual "
+                                       "of the matches (intensity in [0, 1]) exceeds this: "
+                                       "walls aligned to the wrong walls match in depth but "
+                                       "not in appearance (needs photometric_weight > 0)",
+                                       min=1e-3, max=1.0)
     min_valid_fraction: float = param(0.05, "frames with less valid depth than this fraction "
                                       "of the image are not tracked", min=0.0, max=1.0)
     gap_s: float = param(1.0, "a time gap between consecutive frames above this (seconds) "
@@ -132,8 +137,8 @@ class RelocalizationConfig:
                                       "(it is learnt again whenever their number doubles; "
                                       "until then every keyframe is a candidate, newest first)",
                                       min=2, max=10000)
-    max_keyframes: int = param(2000, "keyframes kept in the database; above it the oldest "
-                               "leave", min=1, max=1_000_000)
+    max_keyframes: int = param(1000, "keyframes kept in the database (about 0.2 MB each); "
+                               "above it the oldest leave", min=1, max=1_000_000)
 
 
 @dataclass

@@ -55,6 +55,7 @@ class TrackResult:
     n_points: int
     n_inliers: int
     iterations: int
+    photometric_rms: float = float("nan")  # RMS intensity residual of the matches (finest level)
 
 
 def downsample_depth(depth: np.ndarray, factor: int, max_rel_diff: float = 0.05) -> np.ndarray:
@@ -222,6 +223,8 @@ class _Accum:
     g: np.ndarray = field(default_factory=lambda: np.zeros(6))
     n_in: int = 0
     sq: float = 0.0
+    n_photo: int = 0
+    sq_photo: float = 0.0
 
 
 def _linearise(P: np.ndarray, Nc: np.ndarray, Ic: np.ndarray, ref: PyramidLevel, T_ref_cur: np.ndarray,
@@ -271,6 +274,8 @@ def _linearise(P: np.ndarray, Nc: np.ndarray, Ic: np.ndarray, ref: PyramidLevel,
     Ir = _bilinear(ref.intensity, us, vs).astype(np.float64)
     G = _bilinear(ref.grad, us, vs).astype(np.float64)
     rp = Ir - Ic[sel][inb]
+    acc.n_photo += len(rp)
+    acc.sq_photo += float(np.sum(rp * rp))
     zq = qs[:, 2]
     gx = G[:, 0] * K[0, 0] / zq
     gy = G[:, 1] * K[1, 1] / zq
@@ -293,7 +298,7 @@ def track(current: Sequence[PyramidLevel], model: Sequence[tuple[np.ndarray, Seq
     T_ref_world = [invert_T(Tw) for Tw, _ in model]
     levels = min(len(current), *(len(p) for _, p in model))
     total_iters = 0
-    stats = (0.0, float("inf"), 0, 0)
+    stats = (0.0, float("inf"), 0, 0, float("nan"))
     for lvl in range(levels - 1, -1, -1):
         iters = cfg.iterations_finest if lvl == 0 else cfg.iterations_coarse
         if iters == 0:
@@ -313,7 +318,8 @@ def track(current: Sequence[PyramidLevel], model: Sequence[tuple[np.ndarray, Seq
             if lvl == 0:
                 n_in = int(np.count_nonzero(inlier))
                 rms = float(np.sqrt(acc.sq / acc.n_in)) if acc.n_in else float("inf")
-                stats = (n_in / len(P), rms, len(P), n_in)
+                photo = float(np.sqrt(acc.sq_photo / acc.n_photo)) if acc.n_photo else float("nan")
+                stats = (n_in / len(P), rms, len(P), n_in, photo)
             if lvl == 0 and it == iters:
                 break  # the extra pass only measures the final pose
             if acc.n_in < 12:
@@ -329,9 +335,9 @@ def track(current: Sequence[PyramidLevel], model: Sequence[tuple[np.ndarray, Seq
             total_iters += 1
             if np.linalg.norm(xi[:3]) < 1e-5 and np.linalg.norm(xi[3:]) < 1e-5:
                 break  # converged (at the finest level the stats above are of this pose)
-    frac, rms, n, n_in = stats
+    frac, rms, n, n_in, photo = stats
     return TrackResult(T_world_cam=T, inlier_fraction=float(frac), rms_m=float(rms), n_points=int(n),
-                       n_inliers=int(n_in), iterations=total_iters)
+                       n_inliers=int(n_in), iterations=total_iters, photometric_rms=photo)
 
 
 def pose_delta(T_a: np.ndarray, T_b: np.ndarray) -> tuple[float, float]:
