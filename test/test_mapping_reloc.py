@@ -97,8 +97,9 @@ def test_without_relocalization_a_pause_is_a_visible_loss(loop):
         e = fe.step(_frame(loop, i, stamp))[0]
         assert not e.tracking_ok
         assert fe.status.state == LOST and fe.status.lost_frames == i - 61
+        if i == 62:
+            assert fe.status.reason.startswith("after a 5.03 s gap: ")
         stamp += DT_NS
-    assert "gap" in fe.status.reason or "matched" in fe.status.reason
 
 
 def test_notify_gap_drops_the_motion_prior(loop):
