@@ -203,6 +203,19 @@ def test_alignment_with_disagreeing_intensities_fails(loop):
     assert _error(loop, 4, e.T_world_cam) < 0.02
 
 
+def test_an_exposure_change_is_not_a_misalignment(loop):
+    cfg = _config()
+    cfg.relocalization.enabled = False
+    fe = RGBDFrontend(cfg)
+    for i in range(4):
+        assert fe.step(_frame(loop, i, i * DT_NS))[0].tracking_ok
+    f = _frame(loop, 4, 4 * DT_NS)
+    f.rgb = np.clip(f.rgb.astype(np.float32) * 0.6 + 5, 0, 255).astype(np.uint8)
+    e = fe.step(f)[0]
+    assert e.tracking_ok and fe.status.state == TRACKING, fe.status
+    assert _error(loop, 4, e.T_world_cam) < 0.02
+
+
 def test_synth_blackout_and_kidnap_options():
     from dataclasses import replace
 
