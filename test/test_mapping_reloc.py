@@ -12,7 +12,7 @@ from mapping_scene import BoxRoom, camera, loop_trajectory
 from recon_ros.mapping.frame import Frame
 from recon_ros.mapping.frontend import LOST, RELOCALIZED, TRACKING
 from recon_ros.mapping.reconstructor import ReconConfig, Reconstructor
-from recon_ros.mapping.relocalize import KeyframeDatabase, lift_keypoints, pnp_pose
+from recon_ros.mapping.relocalize import KeyframeDatabase, image_features, lift_keypoints, pnp_pose
 from recon_ros.mapping.rgbd import RGBDFrontend
 from recon_ros.mapping.schema import MappingConfig, RelocalizationConfig
 from recon_ros.geometry.transforms import invert_T
@@ -272,3 +272,32 @@ def test_blackout_and_kidnap_on_a_synthetic_loop(tmp_path):
     assert not any(f.stamp_ns in traj for f in frames[95:105])  # no pose while lost
     kf_stamps = {kf.stamp_ns for kf in recon.keyframes()}
     assert not kf_stamps & {f.stamp_ns for f in frames[95:105]}
+
+
+@pytest.mark.slow
+def test_retrieval_ranks_the_revisited_keyframe_first(loop):
+    """The second half-turn revisits the first: the database keyframe nearest in pose must
+    rank first for most queries, and unrelated keyframes score near 0 (benchmarks/
+    bench_reloc.py compares with the plain tf-idf cosine)."""
+    _, K, poses, render = loop
+    db = KeyframeDatabase(RelocalizationConfig(vocabulary_keyframes=4, vocabulary_size=128))
+    ids = list(range(0, 48, 3))
+    for i in ids:
+        rgb, d = render(i)
+        db.add(i, i, poses[i], rgb, d, K)
+    hits1 = hits3 = 0
+    true_scores, medians = [], []
+    queries = list(range(50, 72, 3))
+    for q in queries:
+        true = min(ids, key=lambda i: np.linalg.norm(poses[i][:3, 3] - poses[q][:3, 3])
+                   + np.arccos(np.clip(poses[i][:3, 2] @ poses[q][:3, 2], -1, 1)))
+        feats = image_features(render(q)[0], db.config)
+        ranked = db.rank(feats, len(ids))
+        order = [i for i, _ in ranked]
+        hits1 += order[0] == true
+        hits3 += true in order[:3]
+        scores = dict(ranked)
+        true_scores.append(scores[true])
+        medians.append(np.median(list(scores.values())))
+    assert hits1 >= 0.6 * len(queries) and hits3 >= 0.85 * len(queries), (hits1, hits3)
+    assert np.mean(true_scores) > 0.4 and abs(np.mean(medians)) < 0.15, (true_scores, medians)
