@@ -161,7 +161,7 @@ def test_schema_round_trip_and_docs():
     cfg = from_dict(MappingConfig, {"frontend": {"name": "rgbd"}, "map": {"voxel_size_m": 0.05}})
     assert cfg.frontend.name == "rgbd" and cfg.map.voxel_size_m == 0.05
     specs = list(iter_params(MappingConfig))
-    assert {s.name.split(".")[0] for s in specs} == {"frontend", "tracking", "scale", "keyframe", "map"}
+    assert {s.name.split(".")[0] for s in specs} == {"frontend", "tracking", "relocalization", "scale", "keyframe", "map"}
     assert all(s.doc and (s.choices or s.min is not None or s.type is bool) for s in specs)
     assert "voxel_size_m: 0.02" in dump_yaml(MappingConfig)
     with pytest.raises(UserInputError):

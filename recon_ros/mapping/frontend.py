@@ -12,7 +12,17 @@ Contract every frontend follows:
   by the final estimate of the same ``index`` later and must not enter the map or the
   keyframe selection.
 * ``FrameEstimate.tracking_ok = False`` marks an estimate whose pose could not be
-  determined (the pose is the last good one, held); it must not enter the map either.
+  determined (the pose is the last good one, held); it must not enter the map, the keyframes
+  or the trajectory, and it is not a pose to publish (the :class:`Reconstructor
+  <recon_ros.mapping.reconstructor.Reconstructor>` withholds it from ``StepResult.estimates``
+  and reports the state instead).
+* ``status`` is the :class:`TrackingStatus` after the last step: ``tracking`` (poses are
+  good), ``lost`` (no pose: the frames are neither fused, keyframed nor published) or
+  ``relocalized`` (the last frame was found again in the map after a loss or a gap; its pose
+  is good and the frames after it are ``tracking`` again), with a human-readable reason.
+* ``notify_gap()`` tells the frontend that processing paused (a map save, applied
+  corrections, a lifecycle deactivate): the next frame must not be predicted from the motion
+  before the pause. A frontend also treats a stamp gap above its threshold as a pause.
 * A frame the frontend cannot use at all (no valid depth before initialisation, say) is
   logged and counted in ``stats()`` and yields no estimate. Invalid input that the user must
   fix (wrong shapes, a missing depth image for a depth frontend) raises
@@ -26,8 +36,52 @@ Contract every frontend follows:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Optional
 
 from recon_ros.mapping.frame import Frame, FrameEstimate
+
+TRACKING = "tracking"
+LOST = "lost"
+RELOCALIZED = "relocalized"
+TRACKING_STATES = (TRACKING, LOST, RELOCALIZED)
+
+
+@dataclass
+class TrackingStatus:
+    """Where a frontend's tracking stands after its last step.
+
+    ``state`` is one of :data:`TRACKING_STATES`; ``reason`` says why (empty while tracking
+    normally); ``lost_since_ns`` is the stamp of the first lost frame of the current loss
+    (None unless lost); ``lost_frames`` counts the frames of the current loss and
+    ``relocalizations`` the recoveries so far.
+    """
+
+    state: str = TRACKING
+    reason: str = ""
+    lost_since_ns: Optional[int] = None
+    lost_frames: int = 0
+    relocalizations: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """True when the last frame has a good pose (tracking or relocalized)."""
+        return self.state != LOST
+
+    def lose(self, reason: str, stamp_ns: int) -> "TrackingStatus":
+        """The status after a frame without a pose."""
+        first = self.state != LOST
+        return TrackingStatus(state=LOST, reason=reason,
+                              lost_since_ns=stamp_ns if first else self.lost_since_ns,
+                              lost_frames=1 if first else self.lost_frames + 1,
+                              relocalizations=self.relocalizations)
+
+    def found(self, reason: str = "", relocalized: bool = False) -> "TrackingStatus":
+        """The status after a frame with a pose; ``relocalized`` when it was found again."""
+        if relocalized:
+            return TrackingStatus(state=RELOCALIZED, reason=reason,
+                                  relocalizations=self.relocalizations + 1)
+        return TrackingStatus(reason=reason, relocalizations=self.relocalizations)
 
 
 class Frontend(ABC):
@@ -45,6 +99,15 @@ class Frontend(ABC):
     def flush(self) -> list[FrameEstimate]:
         """Return the estimates still held back at the end of a stream."""
         return []
+
+    @property
+    def status(self) -> TrackingStatus:
+        """The tracking state after the last step (a copy; see the module docstring)."""
+        st = getattr(self, "_status", None)
+        return TrackingStatus() if st is None else TrackingStatus(**vars(st))
+
+    def notify_gap(self) -> None:
+        """Processing paused: do not predict the next frame from the motion before the pause."""
 
     @abstractmethod
     def reset(self) -> None:

@@ -69,6 +69,10 @@ class StepResult:
     map_changed: bool = False
     timings_ms: dict[str, float] = field(default_factory=dict)
     skipped: Optional[str] = None  # why the frame was skipped, if it was
+    # the frontend's tracking state after this step (tracking / lost / relocalized) and why;
+    # frames without a pose (lost) are withheld from ``estimates``, the map and the trajectory
+    tracking: str = "tracking"
+    tracking_reason: str = ""
 
 
 def scale_pose(T: np.ndarray, scale: float) -> np.ndarray:
@@ -140,6 +144,7 @@ class Reconstructor:
         self._last_stamp: Optional[int] = None
         self._skips: dict[str, int] = {}
         self._frames = 0
+        self._lost = 0
         self._last_ms: dict[str, float] = {}
 
     def reset(self) -> None:
@@ -181,10 +186,17 @@ class Reconstructor:
         self._frames += 1
         t1 = time.perf_counter()
         result = self._consume(estimates)
+        status = self.frontend.status
+        result.tracking, result.tracking_reason = status.state, status.reason
         t2 = time.perf_counter()
         result.timings_ms = {"frontend": (t1 - t0) * 1e3, "map": (t2 - t1) * 1e3, "total": (t2 - t0) * 1e3}
         self._last_ms = result.timings_ms
         return result
+
+    def notify_gap(self) -> None:
+        """Processing paused (a save, corrections, a deactivate): the frontend must not
+        predict the next frame from the motion before the pause."""
+        self.frontend.notify_gap()
 
     def flush(self) -> StepResult:
         """End of stream: the estimates the frontend still holds."""
@@ -199,16 +211,17 @@ class Reconstructor:
             if est.provisional:
                 result.provisional = scale_estimate(est, self.scale)
                 continue
+            if not est.tracking_ok:
+                self._lost += 1  # no pose: not fused, not keyframed, not a trajectory pose
+                continue
             if self.cfg.scale.mode != "none" and not self.frontend.metric:
                 self.scaler.update(est, est.frame)
                 if self._rescale_map():
                     result.map_changed = True
             s = self.scale
             anchor = self.selector_last_id()
-            kf = None
-            if est.tracking_ok:
-                known = None if (not self.frontend.metric and not self.scaler.state().known) else s
-                kf = self.selector.consider(est, est.frame, known)
+            known = None if (not self.frontend.metric and not self.scaler.state().known) else s
+            kf = self.selector.consider(est, est.frame, known)
             if kf is not None:
                 self.map.add_keyframe(kf)
                 self._kf_raw[kf.id] = [np.array(est.T_world_cam, dtype=np.float64), s, s]
@@ -372,6 +385,9 @@ class Reconstructor:
             "scale_std": 0.0 if self.frontend.metric else float(sc.uncertainty),
             "scale_known": bool(self.frontend.metric or sc.known),
             "skipped": sum(self._skips.values()),
+            "tracking": self.frontend.status.state,
+            "tracking_reason": self.frontend.status.reason,
+            "lost_frames": self._lost,
         }
         out.update({f"skipped_{k}": v for k, v in self._skips.items()})
         out.update({f"frontend_{k}": v for k, v in self.frontend.stats().items()

@@ -31,6 +31,8 @@ class ReplayResult:
     interrupted: bool = False
     seconds: float = 0.0
     stats: dict = field(default_factory=dict)
+    tracking_states: dict = field(default_factory=dict)  # frames per tracking state
+    losses: list = field(default_factory=list)  # [first lost stamp, relocalized stamp or None]
 
     @property
     def fps(self) -> float:
@@ -56,6 +58,16 @@ def _write_before(recon: Reconstructor, refinement: Any, out_dir: Path) -> dict[
         xyz, rgb, conf = refinement.before.fused()
         files["map_before"] = write_ply(out_dir / "map_before.ply", xyz, rgb, conf)
     return files
+
+
+def _count_state(result: ReplayResult, state: str, stamp_ns: int) -> None:
+    """Frames per tracking state, and each loss as [first lost stamp, recovery stamp]."""
+    result.tracking_states[state] = result.tracking_states.get(state, 0) + 1
+    open_loss = bool(result.losses) and result.losses[-1][1] is None
+    if state == "lost" and not open_loss:
+        result.losses.append([stamp_ns, None])
+    elif state != "lost" and open_loss:
+        result.losses[-1][1] = stamp_ns
 
 
 def run_replay(recon: Reconstructor, frames: Iterable[Any], out_dir: Path, *, total: Optional[int] = None,
@@ -104,7 +116,10 @@ def run_replay(recon: Reconstructor, frames: Iterable[Any], out_dir: Path, *, to
                 T_gt = frame.extras.get("T_world_cam_gt") if frame.extras else None
                 if T_gt is not None:
                     gt.append((frame.stamp_ns, np.asarray(T_gt, dtype=np.float64)))
-                consume(recon.process(frame), frame.stamp_ns)
+                step = recon.process(frame)
+                if step.skipped is None:
+                    _count_state(result, step.tracking, frame.stamp_ns)
+                consume(step, frame.stamp_ns)
                 last_stamp = frame.stamp_ns
                 bar.update(1)
                 if result.frames_in % 5 == 0:
@@ -139,6 +154,7 @@ def run_replay(recon: Reconstructor, frames: Iterable[Any], out_dir: Path, *, to
         "frames_in": result.frames_in, "estimates": result.estimates, "seconds": round(result.seconds, 3),
         "fps": round(result.fps, 3), "interrupted": result.interrupted,
         "source_skips": _as_dict(source_skips), "reconstructor": result.stats,
+        "tracking": {"frames": result.tracking_states, "losses": result.losses},
         "refinement": refinement.summary() if refinement is not None else None,
         "files": {k: str(v) for k, v in result.files.items()},
     }

@@ -3,9 +3,23 @@
 No learned weights. Each frame's pointmap is its depth image back-projected with K; its pose
 comes from :func:`recon_ros.mapping.tracking.track` against the last few *tracking keyframes*
 (vertex/normal/intensity pyramids at tracking resolution), starting from a constant-velocity
-prediction. When tracking fails (too few matches, large residual, implausible jump) the
-failure is logged and counted, the last good pose is held and the estimate is flagged
-``tracking_ok = False``; the next frame tries again from the held pose.
+prediction.
+
+Tracking states (:class:`~recon_ros.mapping.frontend.TrackingStatus`):
+
+* ``tracking``: the frame was aligned (checks: matched fraction, residual, jump from the
+  prediction). Every tracking keyframe also enters the relocalization database
+  (:class:`~recon_ros.mapping.relocalize.KeyframeDatabase`).
+* After a *gap* (a stamp gap above ``tracking.gap_s`` or :meth:`RGBDFrontend.notify_gap`)
+  the next frame is predicted from the last good pose without the velocity prior, with a
+  widened search (``tracking.gap_search_scale``); if that fails it is relocalized.
+* ``lost``: alignment failed (or the depth is unusable) and relocalization found nothing. The
+  last good pose is held in the estimate, which is flagged ``tracking_ok = False``: it is not
+  fused, keyframed or published. Every lost frame first tries the widened alignment from the
+  held pose, then relocalization against *all* keyframes of the database.
+* ``relocalized``: a lost frame (or one after a gap) was found again: retrieval + PnP-RANSAC,
+  refined by ICP against the matched keyframe with the tracking checks. Tracking then
+  continues from that keyframe.
 
 Confidence of a valid pixel is ``1 + (2 m / z)^2``: depth noise of structured-light and
 time-of-flight cameras grows roughly with the square of the distance, and the offset of 1
@@ -13,6 +27,7 @@ keeps the scale comparable with Spann3R's confidences (>= 1).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -24,9 +39,10 @@ from recon_ros.errors import UserInputError
 from recon_ros.geometry.camera import PixelMap, backproject_depth, scale_K
 from recon_ros.geometry.transforms import invert_T, matrix_to_rotvec, rotvec_to_matrix, transform_points
 from recon_ros.mapping.frame import Frame, FrameEstimate
-from recon_ros.mapping.frontend import Frontend
+from recon_ros.mapping.frontend import LOST, Frontend, TrackingStatus
 from recon_ros.mapping.keyframes import mask_to_model
-from recon_ros.mapping.schema import MappingConfig
+from recon_ros.mapping.relocalize import DatabaseEntry, KeyframeDatabase
+from recon_ros.mapping.schema import MappingConfig, TrackingConfig
 from recon_ros.mapping.tracking import (PyramidLevel, TrackResult, build_pyramid, downsample_depth,
                                         downsample_image, pose_delta, track)
 
@@ -64,6 +80,7 @@ class RGBDFrontend(Frontend):
 
     def __init__(self, config: Optional[MappingConfig] = None) -> None:
         self.config = config if config is not None else MappingConfig()
+        self.database = KeyframeDatabase(self.config.relocalization)
         self.reset()
 
     # -- Frontend interface ------------------------------------------------------------------
@@ -71,11 +88,20 @@ class RGBDFrontend(Frontend):
         self._model: list[tuple[np.ndarray, list[PyramidLevel]]] = []
         self._T_last: Optional[np.ndarray] = None  # last good pose
         self._velocity = np.zeros(6)  # (translation, rotation vector) per second, last good step
-        self._stamp_last: Optional[int] = None
+        self._stamp_last: Optional[int] = None  # stamp of the last good frame
+        self._stamp_prev: Optional[int] = None  # stamp of the last frame seen
+        self._gap_pending = False
         self._last: Optional[TrackResult] = None
+        self._status = TrackingStatus()
         self._counts = dict(frames=0, tracked=0, failures=0, skipped=0, consecutive_failures=0,
-                            model_keyframes_taken=0)
+                            model_keyframes_taken=0, gaps=0, gap_recoveries=0, relocalizations=0,
+                            lost_frames=0)
         self._time_s = 0.0
+        self._next_kf = 0
+        self.database.reset()
+
+    def notify_gap(self) -> None:
+        self._gap_pending = True
 
     def stats(self) -> dict:
         out: dict = dict(self._counts)
@@ -84,6 +110,7 @@ class RGBDFrontend(Frontend):
         if self._last is not None:
             out["inlier_fraction"] = self._last.inlier_fraction
             out["rms_m"] = self._last.rms_m
+        out.update(self.database.stats())
         return out
 
     def step(self, frame: Frame) -> list[FrameEstimate]:
@@ -122,6 +149,7 @@ class RGBDFrontend(Frontend):
         factor = max(1, math.ceil(frame.width / tc.max_width))
         pyr = build_pyramid(depth, gray01(frame.rgb), np.asarray(frame.K, float), factor,
                             tc.pyramid_levels)
+        gap = self._take_gap(frame.stamp_ns)
         if self._T_last is None:
             if valid_frac < tc.min_valid_fraction:
                 self._counts["skipped"] += 1
@@ -130,11 +158,13 @@ class RGBDFrontend(Frontend):
                 return []
             T = np.eye(4)
             self._accept(T, frame.stamp_ns)
-            self._add_model(T, pyr)
+            self._add_model(T, pyr, frame, depth)
             return [self._estimate(frame, depth, T, True)]
 
         if valid_frac < tc.min_valid_fraction:
             return [self._fail(frame, depth, f"only {100 * valid_frac:.1f}% valid depth")]
+        if self._status.state == LOST or gap is not None:
+            return [self._recover(frame, depth, pyr, gap)]
         T_pred = self._predict(frame.stamp_ns)
         res = track(pyr, self._model, T_pred, tc)
         reason = self._failure_reason(res, T_pred)
@@ -145,22 +175,123 @@ class RGBDFrontend(Frontend):
                 res, reason = res2, None
         self._last = res
         if reason is not None:
-            return [self._fail(frame, depth, reason)]
+            return [self._recover(frame, depth, pyr, None, reason)]
+        return [self._tracked(frame, depth, pyr, res)]
+
+    def _tracked(self, frame: Frame, depth: np.ndarray, pyr: list[PyramidLevel], res: TrackResult,
+                 status: Optional[TrackingStatus] = None) -> FrameEstimate:
+        """Accept a tracked pose; take a tracking keyframe when the view moved on."""
+        tc = self.config.tracking
         T = res.T_world_cam
         self._accept(T, frame.stamp_ns)
+        self._status = status if status is not None else self._status.found()
         T_ref = self._model[-1][0]
         dt, dr = pose_delta(T_ref, T)
         if (dt > tc.ref_translation_m or dr > tc.ref_rotation_deg
                 or res.inlier_fraction < tc.ref_min_inlier_fraction):
-            self._add_model(T, pyr)
-        return [self._estimate(frame, depth, T, True)]
+            self._add_model(T, pyr, frame, depth)
+        return self._estimate(frame, depth, T, True)
 
-    def _failure_reason(self, res: TrackResult, T_pred: np.ndarray) -> Optional[str]:
+    def _take_gap(self, stamp_ns: int) -> Optional[float]:
+        """The gap (seconds) before this frame when processing paused, else None."""
+        prev, self._stamp_prev = self._stamp_prev, stamp_ns
+        gap = None
+        if self._gap_pending:
+            gap = (stamp_ns - prev) * 1e-9 if prev is not None else 0.0
+        elif prev is not None and (stamp_ns - prev) * 1e-9 > self.config.tracking.gap_s:
+            gap = (stamp_ns - prev) * 1e-9
+        self._gap_pending = False
+        if gap is not None and self._T_last is not None:
+            self._counts["gaps"] += 1
+            self._velocity = np.zeros(6)
+        return gap
+
+    def _widened(self) -> TrackingConfig:
+        """Tracking parameters for a frame without a usable prediction (after a gap or a loss)."""
         tc = self.config.tracking
+        k = tc.gap_search_scale
+        return dataclasses.replace(
+            tc, max_correspondence_m=tc.max_correspondence_m * k,
+            iterations_coarse=int(round(tc.iterations_coarse * k)),
+            iterations_finest=int(round(tc.iterations_finest * k)),
+            max_jump_m=tc.max_jump_m * k, max_jump_deg=tc.max_jump_deg * k)
+
+    def _recover(self, frame: Frame, depth: np.ndarray, pyr: list[PyramidLevel], gap: Optional[float],
+                 failure: Optional[str] = None) -> FrameEstimate:
+        """A frame without a usable prediction (after a gap, while lost, or when tracking just
+        failed): relocalization against every keyframe first, then (unless tracking from the
+        last good pose already failed on this frame) the widened alignment from the last good
+        pose, accepted only when most of the frame matches (a wrong alignment in a room of
+        planes can pass the normal checks)."""
+        why = []
+        rc = self.config.relocalization
+        if rc.enabled and len(self.database):
+            rel = self.database.relocalize(frame.rgb, np.asarray(frame.K, float),
+                                           verify=lambda T, e: self._verify(pyr, T, e))
+            if rel.success:
+                return self._relocalized(frame, depth, pyr, rel.T_world_cam, rel.reason, rel.entry)
+            why.append(f"relocalization failed ({rel.reason}, {rel.ms:.0f} ms)")
+        if failure is None:
+            tc = self.config.tracking
+            wide = self._widened()
+            res = track(pyr, self._model, self._T_last, wide)
+            self._last = res
+            failure = self._failure_reason(res, self._T_last, wide)
+            if failure is None and res.inlier_fraction < tc.recover_min_inlier_fraction:
+                failure = (f"{100 * res.inlier_fraction:.0f}% of points matched from the last good "
+                           f"pose (< {100 * tc.recover_min_inlier_fraction:.0f}%)")
+            if failure is None:
+                if gap is not None and self._status.state != LOST:
+                    self._counts["gap_recoveries"] += 1
+                    log.info("rgbd: frame %d re-initialised after a %.2f s gap", frame.index, gap)
+                    return self._tracked(frame, depth, pyr, res, self._status.found(
+                        f"re-initialised after a {gap:.2f} s gap"))
+                return self._relocalized(frame, depth, pyr, res.T_world_cam,
+                                         "found again near the last good pose", None)
+        why.insert(0, failure if gap is None else f"after a {gap:.2f} s gap: {failure}")
+        return self._fail(frame, depth, "; ".join(why))
+
+    def _verify(self, pyr: list[PyramidLevel], T_pnp: np.ndarray, entry: DatabaseEntry
+                ) -> tuple[Optional[np.ndarray], Optional[str]]:
+        """Dense check of a PnP pose: ICP against the candidate keyframe, tracking's checks."""
+        rc = self.config.relocalization
+        res = track(pyr, [self._entry_model(entry)], T_pnp, self._widened())
+        strict = dataclasses.replace(self.config.tracking, max_jump_m=rc.max_refinement_m,
+                                     max_jump_deg=rc.max_refinement_deg)
+        reason = self._failure_reason(res, T_pnp, strict)
+        return (res.T_world_cam, None) if reason is None else (None, "ICP: " + reason)
+
+    def _entry_model(self, entry: DatabaseEntry) -> tuple[np.ndarray, list[PyramidLevel]]:
+        p = entry.payload
+        gray = p["gray"].astype(np.float32) * np.float32(1.0 / 255.0)
+        pyr = build_pyramid(p["depth"], gray, p["K"], 1, self.config.tracking.pyramid_levels)
+        return entry.T_world_cam, pyr
+
+    def _relocalized(self, frame: Frame, depth: np.ndarray, pyr: list[PyramidLevel], T: np.ndarray,
+                     how: str, entry: Optional[DatabaseEntry]) -> FrameEstimate:
+        lost_s = ((frame.stamp_ns - self._status.lost_since_ns) * 1e-9
+                  if self._status.lost_since_ns is not None else 0.0)
+        self._counts["relocalizations"] += 1
+        log.warning("rgbd: frame %d relocalized (%s) after %d lost frames / %.2f s",
+                    frame.index, how, self._status.lost_frames, lost_s)
+        if entry is not None:
+            self._model = [self._entry_model(entry)]
+        self._stamp_last = None  # no velocity from the held pose to this one
+        self._velocity = np.zeros(6)
+        self._accept(T, frame.stamp_ns)
+        self._status = self._status.found(how, relocalized=True)
+        self._add_model(T, pyr, frame, depth)
+        return self._estimate(frame, depth, T, True)
+
+    def _failure_reason(self, res: TrackResult, T_pred: np.ndarray,
+                        tc: Optional[TrackingConfig] = None) -> Optional[str]:
+        tc = tc if tc is not None else self.config.tracking
         if res.inlier_fraction < tc.min_inlier_fraction:
             return f"{100 * res.inlier_fraction:.0f}% of points matched (< {100 * tc.min_inlier_fraction:.0f}%)"
         if not res.rms_m <= tc.max_residual_m:
             return f"residual {res.rms_m:.3f} m > {tc.max_residual_m} m"
+        if tc.photometric_weight > 0 and res.photometric_rms > tc.max_photometric_rms:
+            return f"intensity residual {res.photometric_rms:.3f} > {tc.max_photometric_rms}"
         jt, jr = pose_delta(T_pred, res.T_world_cam)
         if jt > tc.max_jump_m or jr > tc.max_jump_deg:
             return f"pose jumped {jt:.2f} m / {jr:.1f} deg from its prediction"
@@ -169,9 +300,12 @@ class RGBDFrontend(Frontend):
     def _fail(self, frame: Frame, depth: np.ndarray, reason: str) -> FrameEstimate:
         self._counts["failures"] += 1
         self._counts["consecutive_failures"] += 1
+        self._counts["lost_frames"] += 1
         self._velocity = np.zeros(6)
-        log.warning("rgbd: tracking failed on frame %d (%s); holding the last pose (%d failures)",
-                    frame.index, reason, self._counts["failures"])
+        self._status = self._status.lose(reason, frame.stamp_ns)
+        n = self._status.lost_frames
+        if n <= 3 or n % 30 == 0:
+            log.warning("rgbd: tracking lost on frame %d (%s); %d lost frames", frame.index, reason, n)
         return self._estimate(frame, depth, self._T_last, False)
 
     def _accept(self, T: np.ndarray, stamp_ns: int) -> None:
@@ -187,14 +321,21 @@ class RGBDFrontend(Frontend):
 
     def _predict(self, stamp_ns: int) -> np.ndarray:
         dt = (stamp_ns - self._stamp_last) * 1e-9 if self._stamp_last is not None else 0.0
-        if not 0.0 < dt < 1.0:
+        if not 0.0 < dt <= self.config.tracking.gap_s:
             return self._T_last.copy()
         return self._T_last @ _motion(self._velocity * dt)
 
-    def _add_model(self, T: np.ndarray, pyr: list[PyramidLevel]) -> None:
+    def _add_model(self, T: np.ndarray, pyr: list[PyramidLevel], frame: Frame, depth: np.ndarray) -> None:
         self._model.append((T.copy(), pyr))
         self._counts["model_keyframes_taken"] += 1
         del self._model[:-self.config.tracking.model_keyframes]
+        if self.config.relocalization.enabled:
+            lvl = pyr[0]
+            payload = {"depth": np.ascontiguousarray(lvl.vertices[..., 2]),
+                       "gray": np.rint(lvl.intensity * 255.0).astype(np.uint8), "K": lvl.K}
+            self.database.add(self._next_kf, frame.stamp_ns, T, frame.rgb, depth,
+                              np.asarray(frame.K, float), payload)
+            self._next_kf += 1
 
     def _estimate(self, frame: Frame, depth: np.ndarray, T: np.ndarray, ok: bool) -> FrameEstimate:
         H, W = depth.shape

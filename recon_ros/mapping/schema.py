@@ -84,8 +84,61 @@ class TrackingConfig:
                               "from its constant-velocity prediction (metres)", min=0.001, max=100.0)
     max_jump_deg: float = param(30.0, "... or turns by more than this (degrees)",
                                 min=0.1, max=180.0)
+    max_photometric_rms: float = param(0.1, "tracking fails when the RMS intensity residual "
+                                       "of the matches (intensity in [0, 1]) exceeds this: "
+                                       "walls aligned to the wrong walls match in depth but "
+                                       "not in appearance (needs photometric_weight > 0)",
+                                       min=1e-3, max=1.0)
     min_valid_fraction: float = param(0.05, "frames with less valid depth than this fraction "
                                       "of the image are not tracked", min=0.0, max=1.0)
+    gap_s: float = param(1.0, "a time gap between consecutive frames above this (seconds) "
+                         "re-initialises tracking: no motion prior, a widened search, then "
+                         "relocalization if that fails", min=0.01, max=3600.0)
+    gap_search_scale: float = param(2.0, "after a gap: correspondence distances and "
+                                    "iterations are multiplied by this, and the pose may move "
+                                    "this many times max_jump_m / max_jump_deg", min=1.0, max=10.0)
+    recover_min_inlier_fraction: float = param(0.7, "after a gap or while lost, when "
+                                               "relocalization found nothing, the widened "
+                                               "alignment from the last good pose is accepted "
+                                               "only when this fraction of the frame's points "
+                                               "match", min=0.0, max=1.0)
+
+
+@dataclass
+class RelocalizationConfig:
+    """Recovery of lost tracking: retrieval over every keyframe, then geometric verification."""
+
+    enabled: bool = param(True, "relocalize lost frames against the keyframe database "
+                          "(rgbd frontend)")
+    candidates: int = param(4, "keyframes verified per lost frame, best retrieval scores "
+                            "first", min=1, max=100)
+    time_budget_ms: float = param(200.0, "no further candidate is verified once a frame's "
+                                  "relocalization has taken this long (milliseconds)",
+                                  min=1.0, max=60000.0)
+    min_inliers: int = param(30, "PnP-RANSAC inliers a candidate needs before ICP refinement",
+                             min=6, max=10000)
+    min_inlier_ratio: float = param(0.25, "... and at least this fraction of its putative "
+                                    "SIFT matches", min=0.0, max=1.0)
+    max_refinement_m: float = param(0.2, "the ICP refinement of a PnP pose may move it at "
+                                    "most this far (metres) ...", min=0.001, max=10.0)
+    max_refinement_deg: float = param(10.0, "... and turn it at most this much (degrees)",
+                                      min=0.1, max=180.0)
+    reprojection_px: float = param(3.0, "PnP-RANSAC inlier threshold (pixels of the feature "
+                                   "image)", min=0.1, max=50.0)
+    ratio: float = param(0.85, "Lowe's ratio test of the SIFT matches (both directions)",
+                         min=0.1, max=1.0)
+    max_features: int = param(800, "SIFT features per keyframe and per lost frame",
+                              min=50, max=20000)
+    feature_width: int = param(320, "images are reduced to at most this width for SIFT "
+                               "(integer factor)", min=64, max=4096)
+    vocabulary_size: int = param(256, "words of the online bag-of-words vocabulary used to "
+                                 "rank keyframes", min=8, max=4096)
+    vocabulary_keyframes: int = param(6, "keyframes needed before the vocabulary is learnt "
+                                      "(it is learnt again whenever their number doubles; "
+                                      "until then every keyframe is a candidate, newest first)",
+                                      min=2, max=10000)
+    max_keyframes: int = param(1000, "keyframes kept in the database (about 0.2 MB each); "
+                               "above it the oldest leave", min=1, max=1_000_000)
 
 
 @dataclass
@@ -168,6 +221,7 @@ class MappingConfig:
 
     frontend: FrontendConfig = group(FrontendConfig)
     tracking: TrackingConfig = group(TrackingConfig)
+    relocalization: RelocalizationConfig = group(RelocalizationConfig)
     scale: ScaleConfig = group(ScaleConfig)
     keyframe: KeyframeConfig = group(KeyframeConfig)
     map: MapConfig = group(MapConfig)

@@ -21,7 +21,7 @@ import numpy as np
 from recon_ros.errors import UserInputError
 from recon_ros.geometry.pointmap import estimate_focal, estimate_pose_pnp, intrinsics_from_focal
 from recon_ros.mapping.frame import Frame, FrameEstimate
-from recon_ros.mapping.frontend import Frontend
+from recon_ros.mapping.frontend import LOST, Frontend, TrackingStatus
 from recon_ros.mapping.keyframes import mask_to_model
 from recon_ros.mapping.schema import FrontendConfig
 
@@ -56,6 +56,7 @@ class Spann3RFrontend(Frontend):
         self._count = 0
         self._pnp_failures = 0
         self._ms = 0.0
+        self._status = TrackingStatus()
 
     def stats(self) -> dict:
         s = self.stream.stats()
@@ -93,6 +94,16 @@ class Spann3RFrontend(Frontend):
         return out
 
     # ------------------------------------------------------------------ helpers
+    def _update_status(self, ok: bool, stamp_ns: int) -> None:
+        """Lost while PnP fails on the model's pointmaps; the first good pose after that is
+        ``relocalized`` (the memory keeps the world frame, so the pose is in the same map)."""
+        st = self._status
+        if not ok:
+            self._status = st.lose("PnP on the model's pointmap failed", stamp_ns)
+        else:
+            self._status = st.found("PnP succeeded again" if st.state == LOST else "",
+                                    relocalized=st.state == LOST)
+
     def _confident(self, conf: np.ndarray, finite: np.ndarray) -> np.ndarray:
         q = self.cfg.pose_confidence_percentile
         if not np.any(finite):
@@ -138,6 +149,8 @@ class Spann3RFrontend(Frontend):
                     log.warning("spann3r: PnP failed for frame %d; keeping the previous pose", frame.index)
         if ok and not out.provisional:
             self._last_pose = T
+        if not out.provisional:
+            self._update_status(ok, frame.stamp_ns)
         valid = finite.copy()
         if frame.mask is not None and out.pixel_map is not None:
             valid &= ~mask_to_model(frame.mask, out.pixel_map)

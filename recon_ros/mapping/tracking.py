@@ -55,6 +55,9 @@ class TrackResult:
     n_points: int
     n_inliers: int
     iterations: int
+    # RMS intensity residual of the matches at the finest level after the best gain and
+    # offset (gain within 0.5..2: auto-exposure changes are not a misalignment)
+    photometric_rms: float = float("nan")
 
 
 def downsample_depth(depth: np.ndarray, factor: int, max_rel_diff: float = 0.05) -> np.ndarray:
@@ -222,6 +225,18 @@ class _Accum:
     g: np.ndarray = field(default_factory=lambda: np.zeros(6))
     n_in: int = 0
     sq: float = 0.0
+    photo: np.ndarray = field(default_factory=lambda: np.zeros(6))  # n, sums r, c, rr, cc, rc
+
+    def photometric_rms(self) -> float:
+        """RMS of ``I_ref - (a I_cur + b)`` with the least-squares gain ``a`` (clipped to
+        0.5..2) and offset ``b``."""
+        n, sr, sc, srr, scc, src = self.photo
+        if n < 6:
+            return float("nan")
+        mr, mc = sr / n, sc / n
+        var_r, var_c, cov = srr / n - mr * mr, scc / n - mc * mc, src / n - mr * mc
+        a = float(np.clip(cov / var_c, 0.5, 2.0)) if var_c > 1e-12 else 1.0
+        return float(np.sqrt(max(var_r - 2.0 * a * cov + a * a * var_c, 0.0)))
 
 
 def _linearise(P: np.ndarray, Nc: np.ndarray, Ic: np.ndarray, ref: PyramidLevel, T_ref_cur: np.ndarray,
@@ -270,7 +285,9 @@ def _linearise(P: np.ndarray, Nc: np.ndarray, Ic: np.ndarray, ref: PyramidLevel,
     us, vs, qs, Ps = us[inb], vs[inb], qs[inb], Ps[inb]
     Ir = _bilinear(ref.intensity, us, vs).astype(np.float64)
     G = _bilinear(ref.grad, us, vs).astype(np.float64)
-    rp = Ir - Ic[sel][inb]
+    Icur = Ic[sel][inb]
+    rp = Ir - Icur
+    acc.photo += (len(rp), Ir.sum(), Icur.sum(), Ir @ Ir, Icur @ Icur, Ir @ Icur)
     zq = qs[:, 2]
     gx = G[:, 0] * K[0, 0] / zq
     gy = G[:, 1] * K[1, 1] / zq
@@ -293,7 +310,7 @@ def track(current: Sequence[PyramidLevel], model: Sequence[tuple[np.ndarray, Seq
     T_ref_world = [invert_T(Tw) for Tw, _ in model]
     levels = min(len(current), *(len(p) for _, p in model))
     total_iters = 0
-    stats = (0.0, float("inf"), 0, 0)
+    stats = (0.0, float("inf"), 0, 0, float("nan"))
     for lvl in range(levels - 1, -1, -1):
         iters = cfg.iterations_finest if lvl == 0 else cfg.iterations_coarse
         if iters == 0:
@@ -313,7 +330,7 @@ def track(current: Sequence[PyramidLevel], model: Sequence[tuple[np.ndarray, Seq
             if lvl == 0:
                 n_in = int(np.count_nonzero(inlier))
                 rms = float(np.sqrt(acc.sq / acc.n_in)) if acc.n_in else float("inf")
-                stats = (n_in / len(P), rms, len(P), n_in)
+                stats = (n_in / len(P), rms, len(P), n_in, acc.photometric_rms())
             if lvl == 0 and it == iters:
                 break  # the extra pass only measures the final pose
             if acc.n_in < 12:
@@ -329,9 +346,9 @@ def track(current: Sequence[PyramidLevel], model: Sequence[tuple[np.ndarray, Seq
             total_iters += 1
             if np.linalg.norm(xi[:3]) < 1e-5 and np.linalg.norm(xi[3:]) < 1e-5:
                 break  # converged (at the finest level the stats above are of this pose)
-    frac, rms, n, n_in = stats
+    frac, rms, n, n_in, photo = stats
     return TrackResult(T_world_cam=T, inlier_fraction=float(frac), rms_m=float(rms), n_points=int(n),
-                       n_inliers=int(n_in), iterations=total_iters)
+                       n_inliers=int(n_in), iterations=total_iters, photometric_rms=photo)
 
 
 def pose_delta(T_a: np.ndarray, T_b: np.ndarray) -> tuple[float, float]:

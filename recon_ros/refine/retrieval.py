@@ -2,8 +2,19 @@
 
 The vocabulary is a k-means clustering (k-means++ seeding, Lloyd iterations, seeded NumPy
 generator) of descriptors sampled from the keyframes present when it is built; no weights are
-involved. Each keyframe is described by a tf-idf weighted, L2-normalised word histogram and
-candidates are ranked by cosine similarity.
+involved. Each keyframe is described by its word histogram, turned into a discriminative
+vector (:meth:`BowIndex.embed`):
+
+1. tf-idf weighting (idf over the indexed keyframes),
+2. power normalisation (square root: a word repeated on a textured wall counts less),
+3. L2 normalisation, then *centring* on the mean vector of the indexed keyframes and L2
+   again. Views of one room share most words, so the raw cosine of any two keyframes is high
+   (0.8-0.9) whatever they show; after centring only what sets a keyframe apart from the
+   average view counts, and unrelated views score near 0 or below.
+
+Relocalization ranks keyframes by the cosine of these vectors (range -1..1,
+:meth:`BowIndex.query`); the loop-candidate search of the refinement graph still uses the
+plain tf-idf cosine (``similarity()``), whose scale its ``min_retrieval_score`` is tuned for.
 """
 from __future__ import annotations
 
@@ -82,18 +93,54 @@ class BowIndex:
         if self.centres is not None and kf_id not in self.counts:
             self.counts[kf_id] = self.words(desc)
 
-    def similarity(self) -> tuple[list[int], np.ndarray]:
-        """Ids and the (N, N) cosine similarity of their tf-idf vectors."""
+    def embed(self, counts: np.ndarray, ids: Optional[list[int]] = None) -> np.ndarray:
+        """Discriminative vectors (M, V) of word counts (M, V) against the indexed keyframes
+        ``ids`` (all of them by default): see the module docstring."""
+        ids = sorted(self.counts) if ids is None else ids
+        counts = np.atleast_2d(np.asarray(counts, dtype=np.float64))
+        if not ids:
+            return np.zeros_like(counts)
+        C = np.stack([self.counts[i] for i in ids])
+        idf = np.log((1.0 + len(ids)) / (1.0 + np.count_nonzero(C > 0, axis=0))) + 1.0
+
+        def weigh(X: np.ndarray) -> np.ndarray:
+            tf = X / np.maximum(X.sum(axis=1, keepdims=True), 1.0)
+            V = np.sqrt(tf * idf[None])
+            return V / np.maximum(np.linalg.norm(V, axis=1, keepdims=True), 1e-12)
+
+        mean = weigh(C).mean(axis=0) if len(ids) > 1 else 0.0
+        V = weigh(counts) - mean
+        return V / np.maximum(np.linalg.norm(V, axis=1, keepdims=True), 1e-12)
+
+    def similarity(self, centred: bool = False) -> tuple[list[int], np.ndarray]:
+        """Ids and the (N, N) cosine similarity of their tf-idf vectors; with ``centred`` of
+        the discriminative vectors of :meth:`embed` (a different scale: unrelated views score
+        near 0, so thresholds tuned on the plain cosine do not carry over)."""
         ids = sorted(self.counts)
         if not ids:
             return ids, np.zeros((0, 0))
         C = np.stack([self.counts[i] for i in ids])
-        df = np.count_nonzero(C > 0, axis=0)
-        idf = np.log((1.0 + len(ids)) / (1.0 + df))
-        tf = C / np.maximum(C.sum(axis=1, keepdims=True), 1.0)
-        V = tf * idf[None]
-        V /= np.maximum(np.linalg.norm(V, axis=1, keepdims=True), 1e-12)
+        if centred:
+            V = self.embed(C, ids)
+        else:
+            df = np.count_nonzero(C > 0, axis=0)
+            idf = np.log((1.0 + len(ids)) / (1.0 + df))
+            tf = C / np.maximum(C.sum(axis=1, keepdims=True), 1.0)
+            V = tf * idf[None]
+            V /= np.maximum(np.linalg.norm(V, axis=1, keepdims=True), 1e-12)
         return ids, V @ V.T
+
+    def query(self, desc: np.ndarray, k: int) -> list[tuple[int, float]]:
+        """The ``k`` indexed keyframes most similar to a set of descriptors: (id, score), best
+        first."""
+        ids = sorted(self.counts)
+        if self.centres is None or not ids or k <= 0:
+            return []
+        V = self.embed(np.stack([self.counts[i] for i in ids]), ids)
+        q = self.embed(self.words(desc)[None], ids)[0]
+        scores = V @ q
+        best = np.argsort(-scores, kind="stable")[:k]
+        return [(ids[i], float(scores[i])) for i in best]
 
     def candidates(self, order: dict, k: int, min_gap: int, min_score: float) -> list[tuple[int, int, float]]:
         """Loop candidates (a, b, score) with a before b: for every keyframe the ``k`` best earlier

@@ -50,3 +50,12 @@ class SynthConfig:
     dynamic_object: bool = param(False, "add a box that slides along a wall and back "
                                  "(ground-truth mask in Frame.extras['dynamic_mask'])")
     odometry_prior: bool = param(False, "set Frame.T_odom_cam to the ground-truth pose")
+    blackout_start_s: float = param(0.0, "start of a blackout (seconds since the first frame): "
+                                    "black images and no depth, as with a covered lens",
+                                    min=0.0, max=1e6)
+    blackout_s: float = param(0.0, "length of the blackout (seconds; 0 = none)", min=0.0, max=1e6)
+    kidnap_at_s: float = param(0.0, "at this time (seconds; 0 = never) the camera is carried "
+                               "to where it was at kidnap_to_s and continues from there",
+                               min=0.0, max=1e6)
+    kidnap_to_s: float = param(0.0, "the path time the kidnapped camera resumes at (seconds, "
+                               "usually earlier: a part of the room already seen)", min=0.0, max=1e6)

@@ -8,7 +8,7 @@ import numpy as np
 from recon_ros.geometry.camera import make_K
 from recon_ros.io.synth.config import SynthConfig
 from recon_ros.io.synth.scene import Scene, make_scene
-from recon_ros.io.synth.trajectory import frame_stamps_ns, frame_times, trajectory
+from recon_ros.io.synth.trajectory import blacked_out, frame_stamps_ns, frame_times, trajectory
 from recon_ros.mapping.frame import Frame
 
 FRAME_ID = "synth_camera_optical"
@@ -54,6 +54,8 @@ def render_frame(scene: Scene, cfg: SynthConfig, index: int,
     if cfg.image_noise_std > 0:
         noisy = rgb.astype(np.float32) + rng.standard_normal(rgb.shape).astype(np.float32) * cfg.image_noise_std
         rgb = np.clip(np.round(noisy), 0, 255).astype(np.uint8)
+    if cfg.blackout_s > 0 and blacked_out(cfg)[index]:
+        rgb, depth = np.zeros_like(rgb), np.zeros_like(depth)  # a covered lens
     return Frame(
         stamp_ns=int(frame_stamps_ns(cfg)[index]), rgb=rgb, K=K, depth=depth,
         T_odom_cam=T.copy() if cfg.odometry_prior else None, frame_id=FRAME_ID, index=index,

@@ -28,14 +28,31 @@ def frame_stamps_ns(cfg: SynthConfig) -> np.ndarray:
     return cfg.start_stamp_ns + np.round(np.arange(cfg.n_frames) * (1e9 / cfg.fps)).astype(np.int64)
 
 
+def path_index(cfg: SynthConfig) -> np.ndarray:
+    """Position of each frame along the path, in frames: its index, shifted back to
+    ``kidnap_to_s`` from ``kidnap_at_s`` on (a kidnapped camera)."""
+    idx = np.arange(cfg.n_frames, dtype=np.float64)
+    if cfg.kidnap_at_s > 0:
+        t = frame_times(cfg)
+        idx = np.where(t >= cfg.kidnap_at_s, idx - (cfg.kidnap_at_s - cfg.kidnap_to_s) * cfg.fps, idx)
+    return idx
+
+
+def blacked_out(cfg: SynthConfig) -> np.ndarray:
+    """True for the frames of the blackout."""
+    t = frame_times(cfg)
+    return (t >= cfg.blackout_start_s) & (t < cfg.blackout_start_s + cfg.blackout_s)
+
+
 def trajectory(cfg: SynthConfig) -> np.ndarray:
     """Ground-truth camera poses T_world_cam (n_frames, 4, 4).
 
     The camera circles the room centre on an ellipse (``loops`` turns, ending one step short of
-    the start for a full turn) while its height, pitch and yaw oscillate smoothly.
+    the start for a full turn) while its height, pitch and yaw oscillate smoothly; a kidnap
+    (:func:`path_index`) makes it jump along that path.
     """
     n = cfg.n_frames
-    theta = 2.0 * np.pi * cfg.loops * np.arange(n) / n
+    theta = 2.0 * np.pi * cfg.loops * path_index(cfg) / n
     rx, ry = path_radii(cfg)
     pos = np.stack([rx * np.cos(theta), ry * np.sin(theta),
                     cfg.camera_height_m + cfg.height_amplitude_m * np.sin(2.0 * theta)], axis=1)
