@@ -115,6 +115,7 @@ def test_help_lists_every_command(capsys):
         assert f"    {cmd}" in out
 
 
+@pytest.mark.slow
 def test_replay_with_refinement_writes_before_and_after(synth_bag, tmp_path):
     out = tmp_path / "ref"
     rc = main(["-q", "replay", str(synth_bag), "--frontend", "rgbd", "--out", str(out), "--no-progress",

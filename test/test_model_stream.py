@@ -48,6 +48,7 @@ def test_raw_rgb_frames_match_fixture(setup):
     np.testing.assert_array_equal(outs[3].rgb, np.round((ref["img"][3].transpose(1, 2, 0) + 1) * 127.5))
 
 
+@pytest.mark.slow
 def test_stats_follow_memory_traces(setup):
     _, summary, ref = setup
     stream = make_stream(setup)
@@ -71,6 +72,7 @@ def test_stats_follow_memory_traces(setup):
     assert summary["frames"] == ref["img"].shape[0]
 
 
+@pytest.mark.slow
 def test_flush_reset_and_new_sequence(setup):
     _, _, ref = setup
     stream = make_stream(setup, provisional=False)

@@ -88,6 +88,7 @@ def test_alignment_undoes_the_scale_drift(drift_run, loop_truth):
     assert np.mean(left) < 0.5 * np.mean(drift), (np.mean(drift), np.mean(left))
 
 
+@pytest.mark.slow
 def test_no_drift_does_not_get_worse(loop_truth):
     jittered = DriftingFrontendDouble(rot_deg=0.0, trans_m=0.0, log_scale=0.0, noise_scale=0.0, jitter_deg=0.3,
                                       jitter_m=0.01, depth_noise=0.02, pixel_noise=0.005, seed=5).apply(loop_truth)
@@ -181,6 +182,7 @@ def test_exact_delta_pivots_about_the_scene_point():
     np.testing.assert_allclose(invert_T(invert_T(D)), D, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_focal_and_anchor_options_run_and_still_improve(drift_run, loop_truth):
     drifted, refiner, _ = drift_run
     edges = [e for e in refiner.graph.edges.values() if e is not None]

@@ -60,6 +60,7 @@ def test_replacement_only_where_checks_pass(textured):
         np.testing.assert_allclose(z, r.depth[r.replaced], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_untextured_wall_is_never_replaced():
     room = BoxRoom(seed=4, flat_walls=(5,))
     room.add_box([-0.6, -0.4, 2.2], [0.6, 0.4, 2.5], texture=6)
@@ -201,6 +202,7 @@ def test_homography_warp_matches_known_disparity():
     torch.testing.assert_close(same[0, :, 0], fea[0])
 
 
+@pytest.mark.slow
 def test_learned_path_through_the_depth_refiner(tmp_path):
     model = MVSNet()
     path = tmp_path / "rand.ckpt"

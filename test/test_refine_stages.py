@@ -22,6 +22,7 @@ def sequence():
     return truth, drifted
 
 
+@pytest.mark.slow
 def test_refiner_align_refine_transients(sequence):
     truth, drifted = sequence
     refiner = Refiner()
