@@ -69,7 +69,8 @@ def run_scenario(fixture_dir: Path, name: str) -> Run:
     return run
 
 
-@pytest.fixture(scope="module", params=["scenario_a", "scenario_b"])
+# scenario B (non-square input, skips and prunes) stays in the quick loop; A (224x224) is slow
+@pytest.fixture(scope="module", params=[pytest.param("scenario_a", marks=pytest.mark.slow), "scenario_b"])
 def scenario(request, spann3r_fixtures) -> Run:
     names = scenario_names(spann3r_fixtures)
     if request.param not in names:

@@ -34,6 +34,7 @@ def make_stream(setup, **kw) -> Spann3RStream:
                          target_wh=(w, h), **kw)
 
 
+@pytest.mark.slow
 def test_raw_rgb_frames_match_fixture(setup):
     _, _, ref = setup
     outs = run_sequence(make_stream(setup), list(ref["raw_rgb"]))

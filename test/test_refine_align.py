@@ -49,6 +49,7 @@ def test_drift_double_really_drifts(loop_truth):
     assert abs(np.log(ratio)) > 0.05
 
 
+@pytest.mark.slow
 def test_alignment_reduces_ate_and_closes_loop(drift_run, loop_truth):
     drifted, _, res = drift_run
     gt = [k.T_world_cam for k in loop_truth]
@@ -64,6 +65,7 @@ def test_alignment_reduces_ate_and_closes_loop(drift_run, loop_truth):
     assert res.reproj_median_after < 1.5
 
 
+@pytest.mark.slow
 def test_alignment_keeps_gauge_and_reports_corrections(drift_run):
     drifted, _, res = drift_run
     first = drifted[0]
@@ -72,6 +74,7 @@ def test_alignment_keeps_gauge_and_reports_corrections(drift_run):
         np.testing.assert_allclose(res.corrections[kf.id] @ kf.T_world_cam, res.poses[kf.id], atol=1e-8)
 
 
+@pytest.mark.slow
 def test_alignment_undoes_the_scale_drift(drift_run, loop_truth):
     """The corrected poses carry a Sim(3) scale that undoes the known pointmap scale drift: the
     pointmap scale times the pose scale returns towards 1 (a correction in the wrong direction
@@ -99,6 +102,7 @@ def test_no_drift_does_not_get_worse(loop_truth):
     assert after <= 1.05 * before, (before, after)
 
 
+@pytest.mark.slow
 def test_warm_start_keeps_solution_and_converges_fast(drift_run):
     drifted, refiner, first = drift_run
     kept = dict(refiner.corrections)
@@ -114,6 +118,7 @@ def test_warm_start_keeps_solution_and_converges_fast(drift_run):
     assert second.cost_before <= 1.2 * first.cost_after
 
 
+@pytest.mark.slow
 def test_window_run_moves_only_the_window(drift_run):
     drifted, _, _ = drift_run
     cfg = RefineConfig()
@@ -131,6 +136,7 @@ def test_window_run_moves_only_the_window(drift_run):
     assert max(moved) > 1e-4
 
 
+@pytest.mark.slow
 def test_too_few_matches_leaves_poses_unchanged(drift_run):
     drifted, refiner, _ = drift_run
     edges = [e for e in refiner.graph.edges.values() if e is not None][:1]
@@ -141,6 +147,7 @@ def test_too_few_matches_leaves_poses_unchanged(drift_run):
         np.testing.assert_array_equal(res.poses[kf.id], kf.T_world_cam)
 
 
+@pytest.mark.slow
 def test_non_finite_matches_are_skipped(drift_run):
     drifted, refiner, _ = drift_run
     edges = [e for e in refiner.graph.edges.values() if e is not None]
@@ -154,6 +161,7 @@ def test_non_finite_matches_are_skipped(drift_run):
     assert not res.changed and "too few matches" in res.reason
 
 
+@pytest.mark.slow
 def test_diverging_solve_is_rejected(drift_run, monkeypatch):
     """A solver step that makes things worse (simulated) must leave the input poses in place."""
     drifted, refiner, _ = drift_run
@@ -207,6 +215,7 @@ def test_cuda_matches_cpu(drift_run):
         np.testing.assert_allclose(gpu.poses[kf.id], cpu.poses[kf.id], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_analytic_jacobians_match_finite_differences(drift_run):
     """The 3D and reprojection Jacobians against central differences of exact Sim(3) increments."""
     drifted, refiner, _ = drift_run

@@ -30,6 +30,7 @@ def textured():
     return truth, noisy, DepthRefiner(MvsConfig(device="cpu")).refine(noisy)
 
 
+@pytest.mark.slow
 def test_mvs_lowers_absrel_on_textured_surfaces(textured):
     truth, noisy, out = textured
     before, after, replaced = [], [], []
@@ -46,6 +47,7 @@ def test_mvs_lowers_absrel_on_textured_surfaces(textured):
     assert np.mean(replaced) > 0.2
 
 
+@pytest.mark.slow
 def test_replacement_only_where_checks_pass(textured):
     _, noisy, out = textured
     cfg = MvsConfig()
@@ -91,6 +93,7 @@ def test_source_selection_prefers_useful_baselines():
     assert w[1] == 1.0 and w[0] < w[2] and w[3] < w[2]
 
 
+@pytest.mark.slow
 def test_mask_excludes_reference_pixels(textured):
     _, noisy, _ = textured
     masks = {k.id: np.zeros(k.rgb.shape[:2], bool) for k in noisy}
