@@ -173,6 +173,7 @@ def test_schema_round_trip_and_docs():
         from_dict(MappingConfig, {"scale": {"mode": "magic"}})
 
 
+@pytest.mark.slow
 def test_photometric_term_tracks_along_a_textured_plane():
     """Sliding along one flat textured wall is unobservable for point-to-plane ICP alone."""
     room = BoxRoom(half=(50.0, 50.0, 2.0), boxes=[])

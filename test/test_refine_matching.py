@@ -131,6 +131,7 @@ def test_candidate_pairs_include_temporal_covisible_and_loops():
     assert pairs[(0, 9)] == "loop"
 
 
+@pytest.mark.slow
 def test_graph_closes_loop_despite_drift(loop_kfs):
     drifted = DriftingFrontendDouble(rot_deg=0.4, trans_m=0.01, log_scale=0.006, seed=0).apply(loop_kfs)
     builder = KeyframeGraphBuilder()
