@@ -1,12 +1,16 @@
 # The two commands of the README:
 #   make demo   set up a virtual environment and run the demo (no ROS, no GPU, no weights)
-#   make test   set up the same environment and run the test suite
+#   make test   set up the same environment and run the test suite (all but gpu/ros tests)
+# and the quick loop while working:
+#   make test-fast   the test suite without the slow tests
+# DEMO_ARGS are passed to `recon-ros demo` (e.g. DEMO_ARGS="--frames 300"), PYTEST_ARGS to pytest.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-fast bench clean
 
 setup: $(VENV)/.installed
 
@@ -18,11 +22,15 @@ $(VENV)/.installed: setup.py
 	$(PY) -m pip install -e '.[test]'
 	touch $@
 
+# `python -m recon_ros.cli` is the `recon-ros` command (same entry point) run from this checkout
 demo: setup
-	$(VENV)/bin/recon-ros demo
+	$(PY) -m recon_ros.cli demo $(DEMO_ARGS)
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS) test
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS) test
 
 bench: setup
 	$(PY) benchmarks/bench_model.py

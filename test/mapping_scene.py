@@ -1,8 +1,8 @@
 """Test helper: a tiny analytic RGB-D scene for the mapping tests (not a scene generator).
 
 A textured box room (inside view) with a few textured boxes standing in it, ray-cast exactly
-with numpy. World frame = optical convention (x right, y down, z forward), the floor at
-y = +half_y. ``render`` returns the colour image, z-depth and ground-truth surface distance
+by the package's caster (``recon_ros.io.synth.scene.cast_rays``). World frame = optical
+convention (x right, y down, z forward), the floor at y = +half_y. ``render`` returns the colour image, z-depth and ground-truth surface distance
 helpers; ``loop_trajectory`` gives camera poses along a closed loop. Kept deliberately small;
 the full synthetic-scene generator lives in ``recon_ros.io.synth``.
 """
@@ -14,6 +14,8 @@ import numpy as np
 
 from recon_ros.geometry.camera import make_K
 from recon_ros.geometry.transforms import make_T, rotvec_to_matrix
+from recon_ros.io.synth.scene import cast_rays
+from recon_ros.io.synth.shapes import Box, Room
 
 
 @dataclass
@@ -26,33 +28,24 @@ class BoxRoom:
         ((-1.5, 0.95, -1.6), (0.5, 0.35, 0.3)),
     ])
 
+    def solids(self) -> list:
+        """The room and its boxes as the synthetic scene's solids (index 0 is the room)."""
+        h = np.array(self.half, dtype=np.float64)
+        return [Room(lo=-h, hi=h)] + [Box(center=np.array(c, dtype=np.float64), half=np.array(e, dtype=np.float64))
+                                      for c, e in self.boxes]
+
     def render(self, K: np.ndarray, T_world_cam: np.ndarray, width: int, height: int):
         """(rgb uint8 H x W x 3, depth float32 H x W) seen from ``T_world_cam``."""
         u, v = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64))
         d_cam = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], -1)
         R, o = T_world_cam[:3, :3], T_world_cam[:3, 3]
         d = d_cam.reshape(-1, 3) @ R.T  # z-depth equals the ray parameter since d_cam.z = 1
-        h = np.array(self.half)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            t_axes = np.where(d > 0, (h - o) / d, (-h - o) / d)
-        t_axes = np.where(np.isfinite(t_axes) & (t_axes > 0), t_axes, np.inf)
-        t = t_axes.min(axis=1)
-        axis = t_axes.argmin(axis=1)
-        kind = axis.copy()  # 0..2 room walls, 3+ boxes
-        for bi, (c, e) in enumerate(self.boxes):
-            lo = np.array(c) - np.array(e) - o
-            hi = np.array(c) + np.array(e) - o
-            with np.errstate(divide="ignore", invalid="ignore"):
-                t1, t2 = lo / d, hi / d
-            tmin = np.nanmax(np.minimum(t1, t2), axis=1)
-            tmax = np.nanmin(np.maximum(t1, t2), axis=1)
-            hit = (tmax >= tmin) & (tmin > 0) & (tmin < t)
-            t = np.where(hit, tmin, t)
-            kind = np.where(hit, 3 + bi, kind)
-        p = o + d * t[:, None]
-        tex = self._texture(p, kind)
+        hits = cast_rays(self.solids(), o, d)
+        # 0..2 room walls (by the axis of their normal), 3+ boxes
+        kind = np.where(hits.solid == 0, np.argmax(np.abs(hits.normals), axis=1), 2 + hits.solid)
+        tex = self._texture(hits.points, kind)
         rgb = np.clip(tex, 0, 255).astype(np.uint8).reshape(height, width, 3)
-        return rgb, t.astype(np.float32).reshape(height, width)
+        return rgb, hits.t.astype(np.float32).reshape(height, width)
 
     @staticmethod
     def _texture(p: np.ndarray, kind: np.ndarray) -> np.ndarray:

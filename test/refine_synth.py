@@ -1,4 +1,4 @@
-"""Test helper for the refine tests: a textured box room ray-cast with NumPy.
+"""Test helper for the refine tests: a textured box room ray-cast by the package's caster.
 
 This is test support, not a reconstruction: it renders images and exact pointmaps of a
 small axis-aligned box room (optionally with solid boxes inside it, one of which may move)
@@ -20,6 +20,9 @@ from scipy.ndimage import gaussian_filter
 
 from recon_ros.geometry.camera import PixelMap, make_K
 from recon_ros.geometry.transforms import make_T, rotvec_to_matrix, transform_points
+from recon_ros.io.synth.scene import cast_rays
+from recon_ros.io.synth.shapes import Box as SolidBox
+from recon_ros.io.synth.shapes import Room
 from recon_ros.mapping.frame import Keyframe
 
 TEXELS_PER_M = 64.0
@@ -71,32 +74,20 @@ class BoxRoom:
     # ------------------------------------------------------------------ ray casting
     def cast(self, origin: np.ndarray, dirs: np.ndarray,
              box_offsets: Optional[dict] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Hit distance t (along ``dirs``), hit point and grey value per ray (N,)."""
-        d = np.where(np.abs(dirs) < 1e-12, 1e-12, dirs)
-        o = origin[None, :]
-        far = np.where(d > 0, self.hi[None], self.lo[None])
-        t_axes = (far - o) / d
-        axis = np.argmin(t_axes, axis=1)
-        t = t_axes[np.arange(len(d)), axis]
-        side = (d[np.arange(len(d)), axis] > 0).astype(int)
-        tex_id = axis * 2 + side
+        """Hit distance t (along ``dirs``), hit point and colour per ray (N,), ray-cast by
+        ``recon_ros.io.synth.scene.cast_rays``; ``box_offsets`` displaces boxes by index."""
         box_offsets = box_offsets or {}
-        for bi, box in enumerate(self.boxes):
-            off = np.asarray(box_offsets.get(bi, np.zeros(3)), float)
-            lo, hi = box.lo + off, box.hi + off
-            t1 = (lo[None] - o) / d
-            t2 = (hi[None] - o) / d
-            tmin = np.minimum(t1, t2)
-            tmax = np.maximum(t1, t2)
-            t_near = tmin.max(axis=1)
-            t_far = tmax.min(axis=1)
-            hit = (t_near <= t_far) & (t_near > 1e-6) & (t_near < t)
-            t = np.where(hit, t_near, t)
-            ax = np.argmax(tmin, axis=1)
-            axis = np.where(hit, ax, axis)
-            tex_id = np.where(hit, box.texture, tex_id)
-        pts = o + t[:, None] * dirs
-        grey = np.zeros(len(t), np.float32)
+        solids = [Room(lo=self.lo, hi=self.hi)] + [SolidBox(center=(b.lo + b.hi) / 2, half=(b.hi - b.lo) / 2)
+                                                   for b in self.boxes]
+        offsets = [np.zeros(3)] + [np.asarray(box_offsets.get(bi, np.zeros(3)), float)
+                                   for bi in range(len(self.boxes))]
+        hits = cast_rays(solids, origin, dirs, offsets)
+        t, pts = hits.t, hits.points
+        axis = np.argmax(np.abs(hits.normals), axis=1)  # the face's axis
+        # room walls: 2 * axis + 1 for the wall at hi (its inward normal points to -axis); boxes: their texture
+        wall = 2 * axis + (hits.normals[np.arange(len(t)), axis] < 0)
+        box_tex = np.array([b.texture for b in self.boxes] + [0], dtype=np.int64)
+        tex_id = np.where(hits.solid == 0, wall, box_tex[hits.solid - 1])
         rgb = np.zeros((len(t), 3), np.float32)
         for a in range(3):
             sel = axis == a
@@ -109,7 +100,6 @@ class BoxRoom:
             for tid in np.unique(ids):
                 m = ids == tid
                 g[m] = _bilinear_wrap(self.textures[int(tid)], uv[m])
-            grey[sel] = g
             rgb[sel] = g[:, None] * self.tints[tex_id[sel]]
         return t, pts, rgb
 

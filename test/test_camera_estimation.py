@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from fixture_compare import assert_matches_reference
 
 from recon_ros.errors import UserInputError
 from recon_ros.geometry.camera import backproject_depth, make_K
@@ -19,10 +20,10 @@ def cam(spann3r_fixtures):
 def test_focal_matches_reference(cam):
     pts = cam["cam_pts3d"][0]
     f = estimate_focal(pts)
-    np.testing.assert_allclose(f, cam["cam_focal_est"], rtol=1e-5)
+    assert_matches_reference("focal", f, cam["cam_focal_est"], rtol=1e-5)
     np.testing.assert_allclose(f, cam["cam_focal_true"], rtol=1e-3)
     h, w = pts.shape[:2]
-    np.testing.assert_allclose(intrinsics_from_focal(f, w, h), cam["cam_K_est"], rtol=1e-5)
+    assert_matches_reference("K", intrinsics_from_focal(f, w, h), cam["cam_K_est"], rtol=1e-5)
 
 
 def test_poses_match_reference(cam):
@@ -30,7 +31,7 @@ def test_poses_match_reference(cam):
     for pts, want, truth in zip(cam["cam_pts3d"], cam["cam_c2w_est"], cam["cam_c2w_true"]):
         res = estimate_pose_pnp(pts, K)
         assert res.success and res.num_points == pts.shape[0] * pts.shape[1]
-        np.testing.assert_allclose(res.T_world_cam, want, atol=1e-4)
+        assert_matches_reference("T_world_cam", res.T_world_cam, want, rtol=1e-4)
         assert np.linalg.norm(res.T_world_cam[:3, 3] - truth[:3, 3]) < 1e-3
         assert rotation_angle_deg(res.T_world_cam[:3, :3].T @ truth[:3, :3]) < 0.05
 

@@ -8,7 +8,7 @@ import pytest
 from mapping_scene import BoxRoom, camera, rgbd_sequence
 from recon_ros.config import dump_yaml, from_dict, iter_params
 from recon_ros.errors import UserInputError
-from recon_ros.geometry.transforms import make_T, rotation_angle_deg
+from recon_ros.geometry.transforms import invert_T, make_T, rotation_angle_deg
 from recon_ros.mapping.frame import Frame
 from recon_ros.mapping.frontend import Frontend, final_estimates
 from recon_ros.mapping.fused_map import KeyframeMap
@@ -67,11 +67,16 @@ def test_pointmaps_are_metric_and_posed(sequence, tracked):
     world = (pts.astype(np.float64) @ traj[0][:3, :3].T) + traj[0][:3, 3]
     d = room.distance_to_surface(world)
     assert np.median(d) < 0.01 and np.mean(d < 0.03) > 0.95
-    # pixel geometry: the points project back onto their own pixels
-    cam = (pts - e.T_world_cam[:3, 3]) @ e.T_world_cam[:3, :3]
-    uv = cam[:, :2] / cam[:, 2:3] * np.diag(e.K_model)[:2] + e.K_model[:2, 2]
+    # pixel geometry: seen from the true camera of that frame with the sensor's K, every point
+    # lies on its own pixel (within tracking error) at the depth measured there
+    f = frames[e.index]
+    T_cam_world = invert_T(traj[e.index]) @ traj[0]  # frontend world -> true camera
+    cam = pts.astype(np.float64) @ T_cam_world[:3, :3].T + T_cam_world[:3, 3]
+    uv = cam[:, :2] / cam[:, 2:3] * np.diag(f.K)[:2] + f.K[:2, 2]
     vv, uu = np.nonzero(e.valid)
-    np.testing.assert_allclose(uv, np.stack([uu, vv], 1), atol=1e-3)
+    assert np.abs(uv - np.stack([uu, vv], 1)).max() < 0.5
+    assert np.abs(cam[:, 2] - f.depth[vv, uu]).max() < 0.01
+    np.testing.assert_array_equal(e.K_model, f.K)
     assert e.confidence[e.valid].min() >= 1.0
 
 
@@ -168,6 +173,7 @@ def test_schema_round_trip_and_docs():
         from_dict(MappingConfig, {"scale": {"mode": "magic"}})
 
 
+@pytest.mark.slow
 def test_photometric_term_tracks_along_a_textured_plane():
     """Sliding along one flat textured wall is unobservable for point-to-plane ICP alone."""
     room = BoxRoom(half=(50.0, 50.0, 2.0), boxes=[])

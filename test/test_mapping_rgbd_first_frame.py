@@ -65,6 +65,7 @@ def test_tracker_alone_recovers_the_motion_and_geometry_alone_cannot():
     assert register(geometric)[0] > 0.05
 
 
+@pytest.mark.slow
 def test_keyframes_keep_coming_along_the_loop():
     """With the default configuration no stretch of the loop is left without keyframes (the
     view turning to smoother wall texture must not hold keyframes off)."""

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from fixture_compare import assert_matches_reference
 
 from recon_ros.errors import UserInputError
 from recon_ros.geometry.camera import make_K
@@ -20,7 +21,7 @@ def test_preprocess_matches_reference(spann3r_fixtures, name):
         assert pre.true_shape == img.shape[1:]
         h0, w0 = raw.shape[:2]
         K = pre.pixel_map.K_to_model(make_K(1.0, 1.0, w0 // 2, h0 // 2))
-        np.testing.assert_allclose(K, K_ref, atol=1e-4)
+        assert_matches_reference("K", K, K_ref, rtol=1e-6)
         np.testing.assert_array_equal(img_to_rgb(pre.img), pre.rgb)
 
 

@@ -7,6 +7,7 @@ import logging
 import numpy as np
 import pytest
 import torch
+from fixture_compare import assert_matches_reference
 
 from recon_ros.errors import UserInputError
 from recon_ros.model.checkpoint import extract_state_dict, load_state_dict_strict, read_checkpoint
@@ -58,10 +59,9 @@ def test_cuda_matches_fixture(spann3r_fixtures, precision):
     stream = Spann3RStream(model, RuntimeConfig(device="cuda", precision=precision, tf32=False),
                            memory_from_dict(summary["scenario_a"]["memory"]), target_wh=(img.shape[-1], img.shape[-2]))
     outs = run_sequence(stream, list(img))
-    pts = np.stack([o.pts3d for o in outs])
-    assert np.isfinite(pts).all()
-    err = np.linalg.norm(pts - ref["pts3d"], axis=-1) / np.linalg.norm(ref["pts3d"], axis=-1).clip(1e-6)
-    if precision == "fp32":  # TF32 off: close to the CPU reference
-        assert err.max() < 1e-3
-    else:  # half-precision trunk: same geometry, coarser numbers
-        assert np.median(err) < 0.1
+    # max error relative to the reference's scale (fixture_compare): fp32 with TF32 off stays at
+    # CPU float32 noise; the half-precision trunk is bounded at about 3x what the same autocast
+    # gives on CPU (bf16 1.5e-2, fp16 1.5e-3 of the scale on scenario A)
+    rtol = {"fp32": 1e-4, "bf16": 5e-2, "fp16": 5e-3}[precision]
+    assert_matches_reference(f"pts3d ({precision})", np.stack([o.pts3d for o in outs]), ref["pts3d"], rtol=rtol)
+    assert_matches_reference(f"conf ({precision})", np.stack([o.conf for o in outs]), ref["conf"], rtol=rtol)

@@ -49,6 +49,7 @@ def test_drift_double_really_drifts(loop_truth):
     assert abs(np.log(ratio)) > 0.05
 
 
+@pytest.mark.slow
 def test_alignment_reduces_ate_and_closes_loop(drift_run, loop_truth):
     drifted, _, res = drift_run
     gt = [k.T_world_cam for k in loop_truth]
@@ -64,17 +65,33 @@ def test_alignment_reduces_ate_and_closes_loop(drift_run, loop_truth):
     assert res.reproj_median_after < 1.5
 
 
+@pytest.mark.slow
 def test_alignment_keeps_gauge_and_reports_corrections(drift_run):
     drifted, _, res = drift_run
     first = drifted[0]
     np.testing.assert_allclose(res.poses[first.id], first.T_world_cam, atol=1e-9)
     for kf in drifted:
         np.testing.assert_allclose(res.corrections[kf.id] @ kf.T_world_cam, res.poses[kf.id], atol=1e-8)
-    # Scale drift is corrected: corrected poses carry a Sim(3) scale that undoes the pointmap scale
-    s_last = np.cbrt(np.linalg.det(res.poses[drifted[-1].id][:3, :3]))
-    assert abs(s_last - 1.0) > 0.02
 
 
+@pytest.mark.slow
+def test_alignment_undoes_the_scale_drift(drift_run, loop_truth):
+    """The corrected poses carry a Sim(3) scale that undoes the known pointmap scale drift: the
+    pointmap scale times the pose scale returns towards 1 (a correction in the wrong direction
+    or none at all leaves it at or beyond the drift)."""
+    drifted, _, res = drift_run
+    drift, left = [], []
+    for kf, truth in zip(drifted, loop_truth):
+        ratio = np.nanmedian(kf.depth / truth.depth)  # the double's scale drift of this keyframe
+        s = np.cbrt(np.linalg.det(res.poses[kf.id][:3, :3]))
+        drift.append(abs(np.log(ratio)))
+        left.append(abs(np.log(s * ratio)))
+    assert drift[-1] > 0.1  # the last keyframe drifted by more than 10 %
+    assert left[-1] < 0.5 * drift[-1], (drift[-1], left[-1])
+    assert np.mean(left) < 0.5 * np.mean(drift), (np.mean(drift), np.mean(left))
+
+
+@pytest.mark.slow
 def test_no_drift_does_not_get_worse(loop_truth):
     jittered = DriftingFrontendDouble(rot_deg=0.0, trans_m=0.0, log_scale=0.0, noise_scale=0.0, jitter_deg=0.3,
                                       jitter_m=0.01, depth_noise=0.02, pixel_noise=0.005, seed=5).apply(loop_truth)
@@ -85,18 +102,23 @@ def test_no_drift_does_not_get_worse(loop_truth):
     assert after <= 1.05 * before, (before, after)
 
 
+@pytest.mark.slow
 def test_warm_start_keeps_solution_and_converges_fast(drift_run):
     drifted, refiner, first = drift_run
+    kept = dict(refiner.corrections)
     second = refiner.align(drifted)
-    # from the warm start there is little left to gain: the result may be kept as it was
-    assert second.changed or "no significant improvement" in second.reason
+    # the first run converged: from its solution there is nothing significant left to gain, so
+    # the accepted corrections are kept exactly
+    assert not second.changed and "no significant improvement" in second.reason, second.reason
     for kf in drifted:
-        np.testing.assert_allclose(second.poses[kf.id][:3, 3], first.poses[kf.id][:3, 3], atol=5e-3)
+        np.testing.assert_allclose(second.poses[kf.id], first.poses[kf.id], atol=1e-9)
+        np.testing.assert_array_equal(refiner.corrections[kf.id], kept[kf.id])
     # the warm start begins where the first run ended
     assert second.cost_before < 0.5 * first.cost_before
     assert second.cost_before <= 1.2 * first.cost_after
 
 
+@pytest.mark.slow
 def test_window_run_moves_only_the_window(drift_run):
     drifted, _, _ = drift_run
     cfg = RefineConfig()
@@ -114,6 +136,7 @@ def test_window_run_moves_only_the_window(drift_run):
     assert max(moved) > 1e-4
 
 
+@pytest.mark.slow
 def test_too_few_matches_leaves_poses_unchanged(drift_run):
     drifted, refiner, _ = drift_run
     edges = [e for e in refiner.graph.edges.values() if e is not None][:1]
@@ -124,6 +147,7 @@ def test_too_few_matches_leaves_poses_unchanged(drift_run):
         np.testing.assert_array_equal(res.poses[kf.id], kf.T_world_cam)
 
 
+@pytest.mark.slow
 def test_non_finite_matches_are_skipped(drift_run):
     drifted, refiner, _ = drift_run
     edges = [e for e in refiner.graph.edges.values() if e is not None]
@@ -137,6 +161,7 @@ def test_non_finite_matches_are_skipped(drift_run):
     assert not res.changed and "too few matches" in res.reason
 
 
+@pytest.mark.slow
 def test_diverging_solve_is_rejected(drift_run, monkeypatch):
     """A solver step that makes things worse (simulated) must leave the input poses in place."""
     drifted, refiner, _ = drift_run
@@ -165,6 +190,7 @@ def test_exact_delta_pivots_about_the_scene_point():
     np.testing.assert_allclose(invert_T(invert_T(D)), D, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_focal_and_anchor_options_run_and_still_improve(drift_run, loop_truth):
     drifted, refiner, _ = drift_run
     edges = [e for e in refiner.graph.edges.values() if e is not None]
@@ -189,6 +215,7 @@ def test_cuda_matches_cpu(drift_run):
         np.testing.assert_allclose(gpu.poses[kf.id], cpu.poses[kf.id], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_analytic_jacobians_match_finite_differences(drift_run):
     """The 3D and reprojection Jacobians against central differences of exact Sim(3) increments."""
     drifted, refiner, _ = drift_run

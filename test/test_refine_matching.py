@@ -1,6 +1,8 @@
 """SIFT matching, verification, retrieval and the keyframe graph on synthetic renders."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -129,6 +131,7 @@ def test_candidate_pairs_include_temporal_covisible_and_loops():
     assert pairs[(0, 9)] == "loop"
 
 
+@pytest.mark.slow
 def test_graph_closes_loop_despite_drift(loop_kfs):
     drifted = DriftingFrontendDouble(rot_deg=0.4, trans_m=0.01, log_scale=0.006, seed=0).apply(loop_kfs)
     builder = KeyframeGraphBuilder()
@@ -138,7 +141,15 @@ def test_graph_closes_loop_despite_drift(loop_kfs):
     for e in loops:
         err = _true_reprojection(loop_kfs[e.a], loop_kfs[e.b], e.uv_a, e.uv_b)
         assert np.median(err) < 1.0
-    # cached: a second build verifies nothing new
+    assert stats.verified == stats.pairs_tried > 0  # a fresh builder verifies every pair
+    # cached: a second build verifies nothing and gives the same edges
+    edges2, _, stats2 = builder.build(drifted)
+    assert stats2.pairs_tried == stats.pairs_tried and stats2.verified == 0
+    assert [(e.a, e.b, len(e)) for e in edges2] == [(e.a, e.b, len(e)) for e in edges]
+    # one more keyframe: only pairs not seen before (its own, and any new loop candidates) are verified
+    extra = replace(loop_kfs[5], id=max(k.id for k in drifted) + 1, stamp_ns=drifted[-1].stamp_ns + 1)
     n_cached = len(builder.edges)
-    builder.build(drifted)
-    assert len(builder.edges) == n_cached
+    _, _, stats3 = builder.build(drifted + [extra])
+    new_pairs = list(builder.edges)[n_cached:]
+    assert stats3.verified == len(new_pairs) < stats3.pairs_tried
+    assert any(extra.id in key for key in new_pairs)

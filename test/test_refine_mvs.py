@@ -30,6 +30,7 @@ def textured():
     return truth, noisy, DepthRefiner(MvsConfig(device="cpu")).refine(noisy)
 
 
+@pytest.mark.slow
 def test_mvs_lowers_absrel_on_textured_surfaces(textured):
     truth, noisy, out = textured
     before, after, replaced = [], [], []
@@ -46,6 +47,7 @@ def test_mvs_lowers_absrel_on_textured_surfaces(textured):
     assert np.mean(replaced) > 0.2
 
 
+@pytest.mark.slow
 def test_replacement_only_where_checks_pass(textured):
     _, noisy, out = textured
     cfg = MvsConfig()
@@ -60,6 +62,7 @@ def test_replacement_only_where_checks_pass(textured):
         np.testing.assert_allclose(z, r.depth[r.replaced], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_untextured_wall_is_never_replaced():
     room = BoxRoom(seed=4, flat_walls=(5,))
     room.add_box([-0.6, -0.4, 2.2], [0.6, 0.4, 2.5], texture=6)
@@ -90,6 +93,7 @@ def test_source_selection_prefers_useful_baselines():
     assert w[1] == 1.0 and w[0] < w[2] and w[3] < w[2]
 
 
+@pytest.mark.slow
 def test_mask_excludes_reference_pixels(textured):
     _, noisy, _ = textured
     masks = {k.id: np.zeros(k.rgb.shape[:2], bool) for k in noisy}
@@ -201,6 +205,7 @@ def test_homography_warp_matches_known_disparity():
     torch.testing.assert_close(same[0, :, 0], fea[0])
 
 
+@pytest.mark.slow
 def test_learned_path_through_the_depth_refiner(tmp_path):
     model = MVSNet()
     path = tmp_path / "rand.ckpt"

@@ -114,6 +114,7 @@ def _loop_gap(traj: list, frames: list[Frame]) -> float:
     return float(np.linalg.norm(rel_est[:3, 3] - rel_gt[:3, 3]))
 
 
+@pytest.mark.slow
 def test_periodic_alignment_removes_frontend_drift(loop_frames):
     recon, refinement = _run(loop_frames, DriftingGroundTruthFrontend(rot_deg=0.25, trans_m=0.006, seed=1))
     before = _ate(recon.trajectory(corrected=False), loop_frames)
@@ -137,6 +138,7 @@ def test_periodic_alignment_removes_frontend_drift(loop_frames):
         assert abs(np.linalg.det(kf.T_world_cam[:3, :3]) - 1.0) < 1e-6
 
 
+@pytest.mark.slow
 def test_periodic_alignment_leaves_a_good_trajectory_alone(loop_frames):
     recon, refinement = _run(loop_frames, DriftingGroundTruthFrontend(seed=1))
     before = _ate(recon.trajectory(corrected=False), loop_frames)
@@ -156,6 +158,7 @@ def _abs_rel(kfs: list, frames: dict) -> np.ndarray:
     return np.array(out)
 
 
+@pytest.mark.slow
 def test_periodic_mvs_improves_a_noisy_depth_prior_and_leaves_untextured_pixels_alone():
     cfg = SynthConfig(width=160, height=120, n_frames=12, fps=5.0, loops=0.15, seed=3)
     frames = list(iter_frames(cfg))
@@ -185,6 +188,7 @@ def test_periodic_mvs_improves_a_noisy_depth_prior_and_leaves_untextured_pixels_
         np.testing.assert_array_equal(kf.depth[inner], prior[kf.id][inner])
 
 
+@pytest.mark.slow
 def test_user_masks_reach_every_refine_stage(loop_frames):
     """Frame masks are kept on the keyframes and handed to alignment, MVS and transient
     rejection (so masked pixels give no matches, no depth and no votes)."""

@@ -22,6 +22,7 @@ def sequence():
     return truth, drifted
 
 
+@pytest.mark.slow
 def test_refiner_align_refine_transients(sequence):
     truth, drifted = sequence
     refiner = Refiner()
@@ -53,6 +54,7 @@ def test_refiner_align_refine_transients(sequence):
     assert np.mean([d.mean() for d in drop.values()]) < 0.05
 
 
+@pytest.mark.slow
 def test_new_keyframes_start_from_the_parent_correction(sequence):
     _, drifted = sequence
     refiner = Refiner()

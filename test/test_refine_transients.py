@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.optimize import brentq
 from scipy.spatial import cKDTree
+from scipy.stats import norm
 
 from recon_ros.geometry.transforms import transform_points
 from recon_ros.refine.schema import TransientConfig
@@ -81,17 +83,46 @@ def test_user_masks_are_always_dropped(scene):
     assert not out[static[4].id].user.any()
 
 
-def test_adaptive_threshold_follows_the_residual_histogram(scene):
+def _pixel_noise(kfs, sigma, seed=1):
+    return DriftingFrontendDouble(rot_deg=0, trans_m=0, log_scale=0, noise_scale=0, depth_noise=0.0,
+                                  pixel_noise=sigma, seed=seed).apply(kfs)
+
+
+def _residual_quantile(p, sigmas, weights):
+    """Quantile p of |r| when r = log z_point - log z_observed mixes N(0, 2 sigma^2) laws."""
+    cdf = lambda x: sum(w * (2 * norm.cdf(x / (s * np.sqrt(2))) - 1) for s, w in zip(sigmas, weights))  # noqa: E731
+    return brentq(lambda x: cdf(x) - p, 1e-6, 10.0)
+
+
+@pytest.mark.parametrize("sigma, percentile", [(0.02, 70.0), (0.08, 70.0), (0.04, 90.0)])
+def test_adaptive_threshold_is_the_residual_percentile(scene, sigma, percentile):
+    """Per-pixel log-depth noise sigma in every keyframe gives residuals |N(0, 2 sigma^2)|: the
+    threshold is their configured percentile (clamps opened so that they do not decide)."""
     _, static = scene
-    tight = TransientFilter(TransientConfig(histogram_decay=0.0))
-    tight.detect(_noise(static, seed=1))
-    rough = TransientFilter(TransientConfig(histogram_decay=0.0))
-    rough.detect(DriftingFrontendDouble(rot_deg=0, trans_m=0, log_scale=0, noise_scale=0, depth_noise=0.0,
-                                        pixel_noise=0.08, seed=1).apply(static))
-    assert tight.threshold < rough.threshold
+    f = TransientFilter(TransientConfig(histogram_decay=0.0, percentile=percentile,
+                                        min_threshold=1e-3, max_threshold=1.0))
+    f.detect(_pixel_noise(static, sigma))
+    assert f.threshold == pytest.approx(_residual_quantile(percentile / 100, [sigma], [1.0]), rel=0.05)
+
+
+def test_threshold_histogram_decays_across_calls_and_is_clamped(scene):
+    _, static = scene
+    tight, rough = _pixel_noise(static, 0.02), _pixel_noise(static, 0.08)
+    # decay 0.5: the second call's histogram is half the first one's, half its own
+    f = TransientFilter(TransientConfig(histogram_decay=0.5, min_threshold=1e-3, max_threshold=1.0))
+    f.detect(tight)
+    first = f.threshold
+    f.detect(rough)
+    assert first == pytest.approx(_residual_quantile(0.7, [0.02], [1.0]), rel=0.05)
+    assert f.threshold == pytest.approx(_residual_quantile(0.7, [0.02, 0.08], [0.5, 0.5]), rel=0.05)
+    # the default clamps: the 70th percentile of sigma = 0.15 noise (0.31) is cut to max_threshold
     cfg = TransientConfig()
-    assert cfg.min_threshold <= tight.threshold <= cfg.max_threshold
-    assert rough.threshold <= cfg.max_threshold
+    clamped = TransientFilter(TransientConfig(histogram_decay=0.0))
+    clamped.detect(_pixel_noise(static, 0.15))
+    assert clamped.threshold == cfg.max_threshold
+    low = TransientFilter(TransientConfig(histogram_decay=0.0))
+    low.detect(_pixel_noise(static, 0.005))  # percentile 0.007 lies below the lower clamp
+    assert low.threshold == cfg.min_threshold
 
 
 def test_probation_needs_two_confirmations(scene):

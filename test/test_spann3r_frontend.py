@@ -30,6 +30,7 @@ def tiny_cfg(spann3r_fixtures):
     return cfg
 
 
+@pytest.mark.slow
 def test_tiny_weights_run_every_stage(frames, tiny_cfg, spann3r_fixtures):
     """Random weights: meaningless geometry, but shapes, frames and bookkeeping must be right.
     The architecture is read from the fixture's summary.json, the weights loaded strictly."""

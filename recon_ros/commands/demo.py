@@ -10,6 +10,7 @@ examples:
   recon-ros demo
   recon-ros demo --checkpoint spann3r.pth --device cuda
   recon-ros demo --frames 300 --out /tmp/demo
+  recon-ros demo --frames 15 --loops 0.125 --size 160x120   (a quick check: an eighth of the loop)
 """
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ from pathlib import Path
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="recon_demo", metavar="DIR", help="output folder (default: recon_demo)")
     parser.add_argument("--frames", type=int, default=120, metavar="N", help="frames of the synthetic loop (default 120)")
+    parser.add_argument("--loops", type=float, default=1.0, metavar="T",
+                        help="turns around the room (default 1; less keeps the per-frame motion of "
+                             "the default with fewer frames)")
     parser.add_argument("--size", default="320x240", metavar="WxH", help="image size (default 320x240)")
     parser.add_argument("--depth-noise", type=float, default=0.01, metavar="M",
                         help="depth noise std in metres (default 0.01)")
@@ -45,9 +49,11 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     progress = not args.no_progress
     synth = SynthConfig(seed=args.seed, width=w, height=h, n_frames=args.frames)
+    set_value(synth, "loops", args.loops)
     set_value(synth, "depth_noise_m", args.depth_noise)
 
-    print(f"[1/3] synthetic scene: {args.frames} frames at {w}x{h}, depth noise {args.depth_noise} m")
+    print(f"[1/3] synthetic scene: {args.frames} frames at {w}x{h} ({args.loops:g} loop), "
+          f"depth noise {args.depth_noise} m")
     scene = make_synthetic_bag(synth, out / "scene_bag", overwrite=True, progress=progress)
 
     cfg = ReconConfig()

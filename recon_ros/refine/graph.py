@@ -128,6 +128,7 @@ def relift(e: PairMatches, kf_a: Keyframe, kf_b: Keyframe) -> PairMatches:
 @dataclass
 class GraphStats:
     pairs_tried: int = 0
+    verified: int = 0  # pairs matched and verified in this build (the others came from the cache)
     edges: int = 0
     loop_edges: int = 0
     matches: int = 0
@@ -189,6 +190,7 @@ class KeyframeGraphBuilder:
         for (a, b), kind in sorted(pairs.items()):
             key = (a, b)
             if key not in self.edges:
+                stats.verified += 1
                 self.edges[key] = verify_pair(by_id[a], by_id[b], self.features[a], self.features[b],
                                               self.matching, kind=kind, seed=(a * 7919 + b) % (2 ** 31))
             e = self.edges[key]
@@ -198,6 +200,7 @@ class KeyframeGraphBuilder:
                 stats.matches += len(e)
                 stats.loop_edges += int(e.kind == "loop")
         stats.edges = len(edges)
-        log.info("keyframe graph: %d pairs tried, %d edges (%d loop), %d matches",
-                 stats.pairs_tried, stats.edges, stats.loop_edges, stats.matches)
+        log.info("keyframe graph: %d pairs tried (%d verified, %d cached), %d edges (%d loop), %d matches",
+                 stats.pairs_tried, stats.verified, stats.pairs_tried - stats.verified, stats.edges,
+                 stats.loop_edges, stats.matches)
         return edges, overlap, stats

@@ -99,8 +99,8 @@ class Refiner:
         else:
             res = self.aligner.align(kfs, edges, poses=init, frontend_poses=front)
         res.corrections = {i: res.poses[i] @ invert_T(front[i]) for i in front}
-        res.stats.update({"pairs_tried": gstats.pairs_tried, "loop_edges": gstats.loop_edges,
-                          "window": bool(window)})
+        res.stats.update({"pairs_tried": gstats.pairs_tried, "pairs_verified": gstats.verified,
+                          "loop_edges": gstats.loop_edges, "window": bool(window)})
         if res.changed:
             self.corrections.update(res.corrections)
         self.last_result = res

@@ -9,11 +9,11 @@
 from recon_ros.io.synth.config import SynthConfig
 from recon_ros.io.synth.export import export_ground_truth, ground_truth_surface
 from recon_ros.io.synth.frames import intrinsics, iter_frames, render_frame, sensor_depth
-from recon_ros.io.synth.scene import RayHits, Scene, SurfaceSamples, make_scene
+from recon_ros.io.synth.scene import RayHits, Scene, SurfaceSamples, cast_rays, make_scene
 from recon_ros.io.synth.trajectory import frame_stamps_ns, frame_times, trajectory
 
 __all__ = [
-    "SynthConfig", "Scene", "RayHits", "SurfaceSamples", "make_scene", "trajectory",
+    "SynthConfig", "Scene", "RayHits", "SurfaceSamples", "cast_rays", "make_scene", "trajectory",
     "frame_times", "frame_stamps_ns", "intrinsics", "iter_frames", "render_frame",
     "sensor_depth", "export_ground_truth", "ground_truth_surface",
 ]

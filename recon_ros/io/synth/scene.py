@@ -6,7 +6,7 @@ REP-103 optical axes (x right, y down, z forward). Depth is z-depth in metres.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, NamedTuple, Optional, Tuple, Union
+from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -82,37 +82,11 @@ class Scene:
 
         ``origins`` is (3,) or (N, 3), ``dirs`` (N, 3); the results are per ray.
         """
-        d3 = np.ascontiguousarray(np.asarray(dirs, dtype=np.float64).reshape(-1, 3).T)
-        o = np.asarray(origins, dtype=np.float64)
-        o3 = o.reshape(3, 1) if o.size == 3 else np.ascontiguousarray(o.reshape(-1, 3).T)
-        t_hit, n3, solid = self._cast3(o3, d3, t)
-        pts = (o3 + np.where(solid >= 0, t_hit, 0.0) * d3).T
-        return RayHits(t_hit, pts, np.ascontiguousarray(n3.T), solid)
+        return cast_rays(self.solids, origins, dirs, self.offsets(t))
 
     def _cast3(self, o: np.ndarray, d: np.ndarray, t: float
                ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Component-first ray casting: o (3, 1|N), d (3, N) -> t (N,), normals (3, N), solid (N,)."""
-        n = d.shape[1]
-        best_t = np.full(n, np.inf)
-        best_n = np.zeros((3, n))
-        best_i = np.full(n, -1, dtype=np.int64)
-        dd = dot3(d, d)
-        for i, (solid, off) in enumerate(zip(self.solids, self.offsets(t))):
-            sel = None if i == 0 else _rays_near(o, d, dd, *solid.bounding_sphere(), off)
-            if sel is None:
-                ti, ni = solid.intersect(o, d, off)
-                closer = ti < best_t
-                best_t = np.where(closer, ti, best_t)
-                best_n = np.where(closer, ni, best_n)
-                best_i[closer] = i
-            elif len(sel):
-                ti, ni = solid.intersect(o if o.shape[1] == 1 else o[:, sel], d[:, sel], off)
-                closer = ti < best_t[sel]
-                idx = sel[closer]
-                best_t[idx] = ti[closer]
-                best_n[:, idx] = ni[:, closer]
-                best_i[idx] = i
-        return best_t, best_n, best_i
+        return cast3(self.solids, o, d, self.offsets(t))
 
     def camera_rays(self, T_world_cam: np.ndarray, K: np.ndarray, width: int, height: int
                     ) -> Tuple[np.ndarray, np.ndarray]:
@@ -254,6 +228,50 @@ class Scene:
             "light": self.light.tolist(),
             "shading": self.shading,
         }
+
+
+def cast_rays(solids: Sequence[Solid], origins: np.ndarray, dirs: np.ndarray,
+              offsets: Optional[Sequence[np.ndarray]] = None) -> RayHits:
+    """Nearest intersection of rays ``origins + s * dirs`` with ``solids``, each displaced by its
+    entry of ``offsets`` (none by default). ``origins`` is (3,) or (N, 3), ``dirs`` (N, 3)."""
+    d3 = np.ascontiguousarray(np.asarray(dirs, dtype=np.float64).reshape(-1, 3).T)
+    o = np.asarray(origins, dtype=np.float64)
+    o3 = o.reshape(3, 1) if o.size == 3 else np.ascontiguousarray(o.reshape(-1, 3).T)
+    t_hit, n3, solid = cast3(solids, o3, d3, offsets)
+    pts = (o3 + np.where(solid >= 0, t_hit, 0.0) * d3).T
+    return RayHits(t_hit, pts, np.ascontiguousarray(n3.T), solid)
+
+
+def cast3(solids: Sequence[Solid], o: np.ndarray, d: np.ndarray,
+          offsets: Optional[Sequence[np.ndarray]] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Component-first ray casting: o (3, 1|N), d (3, N) -> t (N,), normals (3, N), solid (N,).
+
+    Solid 0 is tested against every ray; the others only against the rays that meet their
+    bounding sphere."""
+    n = d.shape[1]
+    best_t = np.full(n, np.inf)
+    best_n = np.zeros((3, n))
+    best_i = np.full(n, -1, dtype=np.int64)
+    dd = dot3(d, d)
+    if offsets is None:
+        offsets = [np.zeros(3)] * len(solids)
+    for i, (solid, off) in enumerate(zip(solids, offsets)):
+        off = np.asarray(off, dtype=np.float64)
+        sel = None if i == 0 else _rays_near(o, d, dd, *solid.bounding_sphere(), off)
+        if sel is None:
+            ti, ni = solid.intersect(o, d, off)
+            closer = ti < best_t
+            best_t = np.where(closer, ti, best_t)
+            best_n = np.where(closer, ni, best_n)
+            best_i[closer] = i
+        elif len(sel):
+            ti, ni = solid.intersect(o if o.shape[1] == 1 else o[:, sel], d[:, sel], off)
+            closer = ti < best_t[sel]
+            idx = sel[closer]
+            best_t[idx] = ti[closer]
+            best_n[:, idx] = ni[:, closer]
+            best_i[idx] = i
+    return best_t, best_n, best_i
 
 
 def _rays_near(o: np.ndarray, d: np.ndarray, dd: np.ndarray, center: np.ndarray, radius: float,
