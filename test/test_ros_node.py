@@ -145,7 +145,10 @@ def test_parameters_declared_from_schema_with_ranges(ros):
     specs = list(iter_params(FakeCoreConfig)) + list(iter_params(ReconNodeConfig))
     for spec in specs:
         d = node.describe_parameter(spec.name)
-        assert d.read_only == (not spec.dynamic), spec.name
+        # a lifecycle node: static parameters are settable while unconfigured, so rclpy must not
+        # refuse them as read-only; the schema check refuses them once configured
+        assert not d.read_only, spec.name
+        assert ("[set while unconfigured]" in d.description) == (not spec.dynamic), spec.name
         assert spec.doc.split()[0] in d.description
         if spec.type is float and spec.max is not None:
             assert d.floating_point_range[0].to_value == spec.max
@@ -160,13 +163,27 @@ def test_dynamic_parameter_validation(ros):
     assert ok.successful and recon.cfg.map.voxel_size_m == 0.05  # core config shared with the core
     ok = node.set_parameters([Parameter(name="publish.map_cloud_rate_hz", value=2)])[0]
     assert ok.successful and node.ros.publish.map_cloud_rate_hz == 2.0
+    stored = node.get_parameter("publish.map_cloud_rate_hz").value
+    assert isinstance(stored, float) and stored == 2.0  # an integer given for a float is stored as float
     bad = node.set_parameters([Parameter(name="map.voxel_size_m", value=5.0)])[0]
     assert not bad.successful and "1.0" in bad.reason and recon.cfg.map.voxel_size_m == 0.05
     bad = node.set_parameters([Parameter(name="input.process_every_n", value=0)])[0]
     assert not bad.successful and node.ros.input.process_every_n == 1
-    # A read-only one is refused by the descriptor and, independently, by the schema check.
-    assert not node.set_parameters([Parameter(name="input.qos", value="reliable")])[0].successful
+    # A static one is refused while configured, with what to do instead ...
+    res = node.set_parameters([Parameter(name="input.qos", value="reliable")])[0]
+    assert not res.successful and "unconfigured" in res.reason and "cleanup" in res.reason
     assert node._schema.check_runtime_change({"input.qos": "reliable"}) is not None
+    # ... and accepted while unconfigured; configure then uses it.
+    node.trigger_deactivate()
+    node.trigger_cleanup()
+    res = node.set_parameters([Parameter(name="input.qos", value="reliable")])[0]
+    assert res.successful, res.reason
+    bad = node.set_parameters([Parameter(name="input.qos", value="fastest")])[0]
+    assert not bad.successful and "fastest" in bad.reason  # still validated
+    node.trigger_configure()
+    node.trigger_activate()
+    from rclpy.qos import QoSReliabilityPolicy
+    assert node.subscriptions["/image"].qos.reliability == QoSReliabilityPolicy.RELIABLE
 
 
 def test_bad_override_fails_configure(ros):
@@ -275,13 +292,19 @@ def test_frames_wait_for_tf_and_time_out(ros):
     assert node.counters()["tf_timeouts"] == 1 and len(node._tf_queue) == 0
     assert any("tf_timeout_s" in m for m in node.get_logger().messages("warning"))
     # Now provide the mounting and odometry: the next frame goes through.
+    # A real chain: odom -> base_link (dynamic, sampled around the image stamp) -> camera (static,
+    # via camera_link). The node must compose it and interpolate odometry at the image stamp.
     buf = node._tf_buffer
-    T_base_cam = make_T(R_BODY_OPTICAL, [0.2, 0.0, 0.5])
-    buf.set_transform_static(M.make_transform_stamped(T, T_base_cam, "base_link", CAM, 0))
-    T_odom_base = make_T(rotvec_to_matrix([0, 0, 0.3]), [1.0, 2.0, 0.0])
-    buf.set_transform(M.make_transform_stamped(T, T_odom_base, "odom", "base_link", stamp(1) + 10_000_000))
-    # The buffer only resolves direct pairs: give odom <- camera as odom <- base <- camera.
-    buf.set_transform(M.make_transform_stamped(T, T_odom_base @ T_base_cam, "odom", CAM, stamp(1) + 10_000_000))
+    T_base_link = make_T(np.eye(3), [0.2, 0.0, 0.5])
+    T_link_cam = make_T(R_BODY_OPTICAL, [0.0, 0.0, 0.0])
+    T_base_cam = T_base_link @ T_link_cam
+    buf.set_transform_static(M.make_transform_stamped(T, T_base_link, "base_link", "camera_link", 0))
+    buf.set_transform_static(M.make_transform_stamped(T, T_link_cam, "camera_link", CAM, 0))
+    before = make_T(rotvec_to_matrix([0, 0, 0.2]), [1.0, 2.0, 0.0])
+    after = make_T(rotvec_to_matrix([0, 0, 0.4]), [1.2, 2.0, 0.0])
+    buf.set_transform(M.make_transform_stamped(T, before, "odom", "base_link", stamp(1) - 10_000_000))
+    buf.set_transform(M.make_transform_stamped(T, after, "odom", "base_link", stamp(1) + 10_000_000))
+    T_odom_base = make_T(rotvec_to_matrix([0, 0, 0.3]), [1.1, 2.0, 0.0])  # halfway: the image stamp
     feed(node, stamp(1))
     node._poll_tf()
     settle(node)
@@ -299,7 +322,7 @@ def test_frames_wait_for_tf_and_time_out(ros):
 
 
 def test_time_jump_backwards_resets_cleanly(ros):
-    node, recon = start(ros)
+    node, recon = start(ros, overrides={"frames.time_jump_confirm_frames": 1})
     for i in range(5):
         feed(node, stamp(100 + i))
         settle(node)
@@ -317,6 +340,27 @@ def test_time_jump_backwards_resets_cleanly(ros):
     assert np.allclose(M.pose_to_matrix(pub(node, "pose").messages[-2])[:3, 3], 0.0)
     empty = [m for m in pub(node, "map_cloud").messages if m.width * m.height == 0]
     assert empty, "an empty latched map is published so that RViz clears"
+
+
+def test_one_late_frame_is_skipped_a_restart_resets(ros):
+    """A live camera's single late stamp must not wipe the map; a sustained jump (a bag restart)
+    resets it once the configured number of late messages arrived in a row."""
+    node, recon = start(ros)  # default: 3 late messages of one stream in a row
+    for i in range(3):
+        feed(node, stamp(100 + i))
+        settle(node)
+    node.get_clock().set_ns(stamp(0))
+    node.subscriptions["/image"].callback(image_msg(stamp(0)))  # one image 3.3 s in the past
+    feed(node, stamp(103))
+    settle(node)
+    assert recon.resets == 0 and recon.processed[-1] == stamp(103)
+    assert node.counters()["stamp_outliers"] == 1 and "time_jumps" not in node.counters()
+    assert any("skipped a 'image' message" in m for m in node.get_logger().messages("warning"))
+    for i in range(3):  # the stream really went back in time: reset on the third in a row
+        feed(node, stamp(i))
+        settle(node)
+    assert recon.resets == 1 and node.counters()["time_jumps"] == 1
+    assert recon.processed[-1] == stamp(2)
 
 
 def test_bad_messages_are_counted_and_skipped(ros):

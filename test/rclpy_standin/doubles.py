@@ -202,14 +202,22 @@ class FakeRefiner:
         self.depth_offset_m = depth_offset_m
         self.gate = gate
         self.calls: list[str] = []
+        self.cached: set = set()  # ids "cached" by align/refine, dropped by forget (like the real caches)
+        self.forgets: list[list[int]] = []
+
+    def forget(self, keep_ids) -> None:
+        self.forgets.append(sorted(keep_ids))
+        self.cached &= set(keep_ids)
 
     def align(self, keyframes) -> FakeAlignResult:
         self.calls.append("align")
+        self.cached |= {kf.id for kf in keyframes}
         if self.gate is not None:
             self.gate.wait(10.0)
         return FakeAlignResult({kf.id: self.C for kf in keyframes}, {"keyframes": len(keyframes)})
 
     def refine(self, keyframes) -> dict:
         self.calls.append("refine")
+        self.cached |= {kf.id for kf in keyframes}
         return {kf.id: FakeRefinedDepth(depth=np.where(kf.valid, kf.points_cam[..., 2] + self.depth_offset_m, 0.0)
                                         .astype(np.float32)) for kf in keyframes}
