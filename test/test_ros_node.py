@@ -411,6 +411,28 @@ def test_save_map_writes_atomically_and_returns_absolute_path(ros, tmp_path):
     assert "element vertex 60" in (out / "map.ply").read_text()
 
 
+def test_interrupted_save_leaves_no_folder(ros, tmp_path):
+    """A save that fails half-way (disk full, Ctrl-C, ...) leaves no map_* folder and no litter."""
+    from std_srvs.srv import Trigger
+    node, recon = start(ros, overrides={"save.directory": str(tmp_path)})
+    for i in range(3):
+        feed(node, stamp(i))
+        settle(node)
+    real_save = recon.save
+
+    def save_then_fail(directory):
+        real_save(directory)  # the files are written ...
+        raise OSError("No space left on device")  # ... and then the save fails
+
+    recon.save = save_then_fail
+    resp = node.services[f"{NS}/save_map"].call(Trigger.Request())
+    assert not resp.success and "No space left" in resp.message
+    assert list(tmp_path.iterdir()) == []
+    recon.save = real_save
+    assert node.services[f"{NS}/save_map"].call(Trigger.Request()).success
+    assert [p.name.startswith("map_") for p in tmp_path.iterdir()] == [True]
+
+
 def test_reset_and_pause_services(ros):
     from std_srvs.srv import SetBool, Trigger
     node, recon = start(ros)
@@ -425,9 +447,14 @@ def test_reset_and_pause_services(ros):
     feed(node, stamp(2))
     settle(node)
     assert recon.processed == [stamp(0), stamp(2)]
+    assert pub(node, "keyframe_poses").messages[-1].poses  # the refiner's input has keyframes
     r = node.services[f"{NS}/reset"].call(Trigger.Request())
     assert r.success and recon.resets == 1
     assert pub(node, "path").messages[-1].poses == []
+    # the reset reaches recon_refiner: an empty keyframe path starts its new session
+    assert pub(node, "keyframe_poses").messages[-1].poses == []
+    # the reset service runs with the inputs (one owner of the input-side state), not beside them
+    assert node.services[f"{NS}/reset"].callback_group is node.subscriptions["/image"].callback_group
 
 
 def test_services_answer_when_not_configured(ros):
@@ -494,8 +521,35 @@ def test_diagnostics_report_health(ros):
         settle(node)
     node.get_clock().set_ns(stamp(2) + 10_000_000)
     status = node._diag.force_update()[0]
-    assert status.level in (0, 1), status.message
+    assert status.level == 0, status.message  # healthy: 3 frames at 30 Hz, fresh stamps
     assert status.values["map points"] == "60" and status.values["processed"] == "3"
+    # an input rate below diagnostics.min_rate_hz is a warning, not OK
+    from rclpy.parameter import Parameter
+    assert node.set_parameters([Parameter(name="diagnostics.min_rate_hz", value=100.0)])[0].successful
+    status = node._diag.force_update()[0]
+    assert status.level == 1 and "rate" in status.message, status.message
+
+
+def test_core_is_only_touched_by_the_worker(ros):
+    """Diagnostics read the worker's statistics snapshot; they never call into the core from
+    their own thread (where they could race with the frame being processed)."""
+    import threading
+    node, recon = start(ros)
+    callers = []
+    stats = recon.stats
+
+    def recording_stats():
+        callers.append(threading.current_thread().name)
+        return stats()
+
+    recon.stats = recording_stats
+    for i in range(3):
+        feed(node, stamp(i))
+        settle(node)
+    node.get_clock().set_ns(stamp(2) + 10_000_000)
+    status = node._diag.force_update()[0]
+    assert status.values["map points"] == "60"
+    assert callers and set(callers) == {"recon_gpu"}, callers
     assert "input rate (Hz)" in status.values and "GPU memory (MB)" in status.values
 
 
@@ -518,3 +572,59 @@ def test_autosave_on_shutdown(ros, tmp_path):
     assert len(saved) == 1
     node.finish()  # idempotent
     assert len(list(tmp_path.glob("map_*"))) == 1
+
+
+def test_main_exits_cleanly_on_ctrl_c_with_a_complete_shutdown_save(ros, tmp_path, monkeypatch):
+    """main(): Ctrl-C (twice, as terminal + launch send it) and SIGTERM only end the spin loop; the
+    shutdown save completes, the context is shut down last, Python's handlers come back."""
+    import os
+    import signal
+
+    import rclpy
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.parameter import Parameter
+
+    made = {}
+    node_cls = ros.ReconNode
+
+    def build():
+        node = node_cls(core_cls=FakeCoreConfig, reconstructor_factory=FakeReconstructor,
+                             parameter_overrides=[Parameter(name="save.directory", value=str(tmp_path)),
+                                                  Parameter(name="save.on_shutdown", value=True)])
+        made["node"] = node
+        return node
+
+    def tick(executor):
+        node = made["node"]
+        if executor.spins == 1:  # a few frames arrive
+            for i in range(3):
+                feed(node, stamp(i))
+                settle(node)
+        elif executor.spins == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)  # the second one must not interrupt the save
+            os.kill(os.getpid(), signal.SIGTERM)
+        elif executor.spins > 3:
+            raise AssertionError("the loop did not end after SIGINT")
+
+    monkeypatch.setattr(ros, "ReconNode", lambda: build())
+    monkeypatch.setattr(MultiThreadedExecutor, "on_spin_once", staticmethod(tick))
+    before = signal.getsignal(signal.SIGINT)
+    ros.main([])  # returns normally: no KeyboardInterrupt, no traceback
+    assert signal.getsignal(signal.SIGINT) is before
+    assert not rclpy.ok()
+    saved = [p for p in tmp_path.iterdir()]
+    assert len(saved) == 1 and saved[0].name.startswith("map_"), saved
+    assert "element vertex 60" in (saved[0] / "map.ply").read_text()
+    assert any("SIGINT: shutting down" in m for m in made["node"].get_logger().messages("info"))
+
+
+def test_lifecycle_shutdown_ends_the_process_loop(ros, tmp_path):
+    """After the lifecycle 'shutdown' transition the node asks main() to leave its loop."""
+    node, recon = start(ros, overrides={"save.directory": str(tmp_path), "save.on_shutdown": True})
+    feed(node, stamp(0))
+    settle(node)
+    assert not node.shutdown_requested.is_set()
+    node.trigger_shutdown()
+    assert node.state_label == "finalized" and node.shutdown_requested.is_set()
+    assert len(list(tmp_path.glob("map_*/map.ply"))) == 1
