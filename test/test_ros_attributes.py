@@ -111,3 +111,15 @@ def test_configured_stand_in_nodes_hold_no_rclpy_private_name(tmp_path):
         ref = refiner_node.RefinerNode(core_cls=FakeCoreConfig, refiner_factory=FakeRefiner)
         added = set(vars(ref)) - set(vars(Node("bare")))
         assert "_store" in added and not added & RCLPY_PRIVATE, sorted(added & RCLPY_PRIVATE)
+
+
+@pytest.mark.ros
+@pytest.mark.parametrize("cls_name", sorted(NODE_MODULES))
+def test_against_the_real_rclpy(cls_name):
+    """The same check against the sourced ROS 2's own Node / LifecycleNode (marked ``ros``)."""
+    if not real_rclpy_available():
+        pytest.fail("marked ros but no real rclpy is importable: source a ROS 2 installation")
+    names = real_base_attributes()
+    assert {"_timers", "_services", "_subscriptions"} <= names
+    clash = assigned_attributes(NODE_MODULES[cls_name], cls_name) & names
+    assert not clash, f"{cls_name} assigns rclpy's own attribute(s) {sorted(clash)}"

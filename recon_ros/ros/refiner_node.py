@@ -77,7 +77,7 @@ class RefinerNode(Node):
             self._schema = NodeSchema(None, RefinerNodeConfig())
             self.unavailable = str(exc)
         params.declare_all(self, self._schema)
-        self.add_on_set_parameters_callback(params.on_set_callback(self._schema, lambda applied: None))
+        params.add_callbacks(self, self._schema, lambda applied: None)
         try:
             params.read_all(self, self._schema)
         except UserInputError as exc:
