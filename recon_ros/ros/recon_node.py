@@ -115,7 +115,7 @@ class ReconNode(LifecycleNode):
         self._recon: Any = None
         self._worker: Optional[GpuWorker] = None
         # Names never shadow rclpy's own Node/LifecycleNode attributes (_timers, _services, ...):
-        # test_ros_node checks that.
+        # test_ros_attributes checks that.
         self._pubs: dict[str, Any] = {}
         self._subs: list = []
         self._input_timers: list = []
