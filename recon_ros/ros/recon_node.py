@@ -340,6 +340,10 @@ class ReconNode(LifecycleNode):
         self._pubs, self._service_handles = {}, []
         if self._tf_listener is not None:
             self._tf_listener.unregister()
+        for broadcaster in (self._tf_pub, self._tf_static_pub):
+            pub = getattr(broadcaster, "pub_tf", None)  # tf2_ros keeps its publisher there
+            if pub is not None:
+                self.destroy_publisher(pub)
         self._tf_listener = self._tf_buffer = self._tf_pub = self._tf_static_pub = None
         self._stats_snapshot = {}
         self._release_model()

@@ -21,6 +21,7 @@ stage thread, which owns the refiner, before and after every stage.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from typing import Any, Callable, Optional
@@ -295,6 +296,8 @@ def main(args: Optional[list] = None) -> None:
         # A stage still computing (torch, OpenCV threads) cannot be interrupted; letting the
         # interpreter finalise under it aborts the process. Nothing of it is kept: leave now.
         node.get_logger().info(f"left the running {node.busy or 'stage'} unfinished")
+        sys.stdout.flush()
+        sys.stderr.flush()
         os._exit(0)
 
 
