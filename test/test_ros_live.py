@@ -33,7 +33,8 @@ import pytest
 
 pytestmark = pytest.mark.ros
 
-BAG_FRAMES, BAG_FPS = 240, 8.0  # a 30 s bag
+BAG_FRAMES, BAG_FPS = 200, 8.0  # a 25 s bag, played at BAG_RATE (slowly: the test needs time while it plays)
+BAG_RATE = 0.2
 DEPTH = "/camera/aligned_depth_to_color/image_raw"
 TRANSITION_LIMIT_S = 2.0
 
@@ -154,7 +155,7 @@ class BagPlayer(threading.Thread):
 class Launch:
     """``ros2 launch recon_ros live.launch.py ...`` in its own process group, output to a file."""
 
-    def __init__(self, node, bag: Path, tmp: Path, save_dir: Path, bag_rate: float = 0.5, **args: str) -> None:
+    def __init__(self, node, bag: Path, tmp: Path, save_dir: Path, bag_rate: float = BAG_RATE, **args: str) -> None:
         params = tmp / "params.yaml"
         params.write_text(
             "/**:\n  ros__parameters:\n    frontend:\n      name: rgbd\n"
