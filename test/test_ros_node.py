@@ -628,3 +628,26 @@ def test_lifecycle_shutdown_ends_the_process_loop(ros, tmp_path):
     node.trigger_shutdown()
     assert node.state_label == "finalized" and node.shutdown_requested.is_set()
     assert len(list(tmp_path.glob("map_*/map.ply"))) == 1
+
+
+def test_lost_tracking_is_visible_not_hidden_behind_a_held_pose(ros):
+    """Frames the frontend cannot place publish no pose/TF (a held pose with a fresh stamp would
+    hide the loss); diagnostics warn until tracking recovers."""
+    node, recon = start(ros)
+    recon.lost = {stamp(2), stamp(3)}
+    for i in range(5):
+        feed(node, stamp(i))
+        settle(node)
+    stamps = [M.stamp_to_ns(m.header.stamp) for m in pub(node, "pose").messages]
+    assert stamps == [stamp(0), stamp(1), stamp(4)]
+    assert [M.stamp_to_ns(t.header.stamp) for t in node._tf_pub.sent] == stamps
+    assert node.counters()["tracking_lost"] == 2
+    assert any("tracking lost (2 frame(s) in a row)" in m or "tracking lost (1 frame(s) in a row)" in m
+               for m in node.get_logger().messages("warning"))
+    assert any("recovered after 2 lost frame(s)" in m for m in node.get_logger().messages("info"))
+    recon.lost = {stamp(5)}
+    feed(node, stamp(5))
+    settle(node)
+    node.get_clock().set_ns(stamp(5) + 10_000_000)
+    status = node._diag.force_update()[0]
+    assert status.level == 1 and "tracking lost for 1 frame" in status.message, status.message

@@ -131,6 +131,7 @@ class ReconNode(LifecycleNode):
         self._out = _Outputs()
         self._in = _InputState()
         self._stats_snapshot: dict = {}  # written by the worker, read by diagnostics
+        self._lost_streak = 0  # worker: frames in a row without a pose
         self._counts: collections.Counter = collections.Counter()
         self._count_lock = threading.Lock()
         self._active = False
@@ -650,13 +651,25 @@ class ReconNode(LifecycleNode):
     def _refresh_stats(self) -> None:
         """Leave a snapshot of the core's statistics for diagnostics (worker thread only)."""
         if self._recon is not None:
-            self._stats_snapshot = dict(self._recon.stats())
+            self._stats_snapshot = {**self._recon.stats(), "lost_streak": self._lost_streak}
 
     def _publish_result(self, result: Any) -> None:
         for est in result.estimates:
+            if not getattr(est, "tracking_ok", True):
+                # the frontend held its last pose: publishing it with a fresh stamp would hide the loss
+                self._lost_streak += 1
+                self._count("tracking_lost")
+                self.get_logger().warning(
+                    f"tracking lost ({self._lost_streak} frame(s) in a row): no pose or TF published until "
+                    f"the frontend finds the camera again", throttle_duration_sec=THROTTLE_S)
+                continue
+            if self._lost_streak:
+                self.get_logger().info(f"tracking recovered after {self._lost_streak} lost frame(s)")
+                self._lost_streak = 0
             self._publish_estimate(est, final=True)
-        if result.provisional is not None and self.ros.publish.provisional_pose:
-            self._publish_estimate(result.provisional, final=False)
+        provisional = result.provisional
+        if provisional is not None and self.ros.publish.provisional_pose and getattr(provisional, "tracking_ok", True):
+            self._publish_estimate(provisional, final=False)
         if result.new_keyframes:
             self._publish_keyframes(result.new_keyframes)
             self._out.path_dirty = True
@@ -760,6 +773,7 @@ class ReconNode(LifecycleNode):
         self._recon.reset()
         keep_mount = self._out.T_base_cam
         self._out = _Outputs(T_base_cam=keep_mount)
+        self._lost_streak = 0
         self._maybe_publish_map(force=True)  # an empty latched cloud clears RViz
         empty = convert.path(self._msg, [], self._now_ns(), self.ros.frames.map_frame)
         self._pubs["path"].publish(empty)
@@ -827,7 +841,7 @@ class ReconNode(LifecycleNode):
             counters=self.counters(), inference_ms=float(self._timings.get("total", worker_ms)),
             map_points=int(stats.get("map_points", 0)), scale=float(stats.get("scale", 1.0)),
             gpu_memory_mb=gpu_memory_mb(), min_rate_hz=d.min_rate_hz, max_delay_s=d.max_stamp_delay_s,
-            no_data_warn_s=d.no_data_warn_s)
+            no_data_warn_s=d.no_data_warn_s, lost_streak=int(stats.get("lost_streak", 0)))
         level, message, values = health_summary(h)
         stat.summary(level, message)
         for k, v in values.items():

@@ -104,6 +104,7 @@ class HealthInputs:
     min_rate_hz: float
     max_delay_s: float
     no_data_warn_s: float
+    lost_streak: int = 0  # frames in a row whose pose the frontend could not estimate
 
 
 def health_summary(h: HealthInputs) -> tuple[int, str, dict]:
@@ -124,6 +125,8 @@ def health_summary(h: HealthInputs) -> tuple[int, str, dict]:
     if h.since_last_s is None or h.since_last_s > h.no_data_warn_s:
         return ERROR, "no matched input frames (check topics, QoS, stamps; see the log)", values
     problems = []
+    if h.lost_streak > 0:
+        problems.append(f"tracking lost for {h.lost_streak} frame(s): no pose published")
     if h.min_rate_hz > 0 and h.rate_hz < h.min_rate_hz:
         problems.append(f"input rate {h.rate_hz:.2f} Hz below {h.min_rate_hz:g} Hz")
     if h.delay_s > h.max_delay_s:
