@@ -270,7 +270,8 @@ def test_live_mapping_params_refiner_reset_and_ctrl_c(node, bag, tmp_path):
         assert "successful" in cli("param", "set", "/recon_node", "publish.map_cloud_rate_hz", "2")
         assert "Double value is: 2.0" in cli("param", "get", "/recon_node", "publish.map_cloud_rate_hz")
         refused = subprocess.run(["ros2", "param", "set", "/recon_node", "input.qos", "reliable"],
-                                 capture_output=True, text=True, timeout=60).stdout
+                                 capture_output=True, text=True, timeout=60)
+        refused = refused.stdout + refused.stderr
         assert "unconfigured" in refused, refused
         assert "keyframes kept" in cli("param", "describe", "/recon_refiner", "input.max_keyframes")
         assert "successful" in cli("param", "set", "/recon_refiner", "schedule.min_keyframes", "4")
