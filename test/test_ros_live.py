@@ -91,6 +91,9 @@ def call(node, srv_type, name, request=None, timeout=30.0):
     client = node.create_client(srv_type, name)
     try:
         assert spin_until(node, client.service_is_ready, timeout), f"service {name} not available"
+        # "ready" means the request side matched; give the response side a moment to match too
+        # (DDS discovery), or the first answer can be lost
+        spin_until(node, lambda: False, 1.0)
         t0 = time.monotonic()
         future = client.call_async(request if request is not None else srv_type.Request())
         assert spin_until(node, future.done, timeout), f"service {name} did not answer in {timeout} s"

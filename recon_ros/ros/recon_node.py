@@ -34,6 +34,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import rclpy
 import tf2_ros
+from diagnostic_msgs.msg import DiagnosticStatus
 from diagnostic_updater import DiagnosticStatusWrapper, Updater
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry, Path as PathMsg
@@ -843,7 +844,8 @@ class ReconNode(LifecycleNode):
             gpu_memory_mb=gpu_memory_mb(), min_rate_hz=d.min_rate_hz, max_delay_s=d.max_stamp_delay_s,
             no_data_warn_s=d.no_data_warn_s, lost_streak=int(stats.get("lost_streak", 0)))
         level, message, values = health_summary(h)
-        stat.summary(level, message)
+        # DiagnosticStatus.level is a ROS byte: rclpy wants bytes (an int is mis-serialised)
+        stat.summary(bytes([level]) if isinstance(DiagnosticStatus.OK, bytes) else level, message)
         for k, v in values.items():
             stat.add(k, v)
         return stat
