@@ -86,20 +86,30 @@ def spin_until(node, cond, timeout: float, period: float = 0.1) -> bool:
         executor.remove_node(node)
 
 
-def call(node, srv_type, name, request=None, timeout=30.0):
-    """Call a service; (response, seconds from request to answer)."""
-    client = node.create_client(srv_type, name)
-    try:
+_CLIENTS: dict = {}
+
+
+def call(node, srv_type, name, request=None, timeout=30.0, retry_s=None):
+    """Call a service; (response, seconds from request to answer).
+
+    Clients are kept per service: a new client must be discovered by the server again, and under
+    load a response sent before that is lost. ``retry_s`` (idempotent services only) sends the
+    request again when no answer came within that many seconds.
+    """
+    key = (id(node), name)
+    client = _CLIENTS.get(key)
+    if client is None:
+        client = _CLIENTS[key] = node.create_client(srv_type, name)
         assert spin_until(node, client.service_is_ready, timeout), f"service {name} not available"
-        # "ready" means the request side matched; give the response side a moment to match too
-        # (DDS discovery), or the first answer can be lost
-        spin_until(node, lambda: False, 1.0)
+    deadline = time.monotonic() + timeout
+    while True:
         t0 = time.monotonic()
         future = client.call_async(request if request is not None else srv_type.Request())
-        assert spin_until(node, future.done, timeout), f"service {name} did not answer in {timeout} s"
-        return future.result(), time.monotonic() - t0
-    finally:
-        node.destroy_client(client)
+        wait = min(retry_s or timeout, deadline - t0)
+        if spin_until(node, future.done, wait):
+            return future.result(), time.monotonic() - t0
+        client.remove_pending_request(future)
+        assert retry_s and time.monotonic() < deadline, f"service {name} did not answer in {timeout} s"
 
 
 def cli(*args: str, timeout: float = 60.0) -> str:
@@ -224,7 +234,7 @@ def complete_maps(save_dir: Path) -> list[Path]:
     assert not [p for p in save_dir.iterdir() if not p.name.startswith("map_")], list(save_dir.iterdir())
     maps = sorted(save_dir.glob("map_*"))
     for m in maps:
-        assert sorted(p.name for p in m.iterdir() if p.suffix in (".ply", ".tum")) == ["map.ply", "trajectory.tum"]
+        assert {"map.ply", "trajectory.tum"} <= {p.name for p in m.iterdir()}, list(m.iterdir())
         assert len(read_ply(m / "map.ply").points) > 0
         assert (m / "trajectory.tum").read_text().strip()
     return maps
@@ -356,7 +366,7 @@ def test_lifecycle_transitions_and_exit_after_shutdown(node, bag, tmp_path):
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
         node.create_subscription(PointCloud2, "/recon_node/map_cloud", lambda m: sizes.append(m.width * m.height),
                                  latched)
-        res, _ = call(node, GetState, "/recon_node/get_state", timeout=60)
+        res, _ = call(node, GetState, "/recon_node/get_state", timeout=90, retry_s=5.0)
         assert res.current_state.label == "unconfigured"
         assert "unconfigured" in cli("lifecycle", "get", "/recon_node")
         steps = [("configure", "inactive"), ("activate", "active"), ("deactivate", "inactive"),
