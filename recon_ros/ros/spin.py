@@ -55,8 +55,10 @@ def signals_request_shutdown(node: Any) -> Iterator[list]:
 
 def spin_until_shutdown(node: Any, executor: Any, period_s: float = 0.1) -> None:
     """Spin ``executor`` until ``node.shutdown_requested`` is set or the context is shut down."""
-    try:
-        while not node.shutdown_requested.is_set() and rclpy.ok():
+    while not node.shutdown_requested.is_set() and rclpy.ok():
+        try:
             executor.spin_once(timeout_sec=period_s)
-    except ExternalShutdownException:
-        pass
+        except ExternalShutdownException:
+            break
+        except Exception as exc:  # e.g. rclpy raising for a lifecycle transition invalid in this state
+            node.get_logger().error(f"a request could not be handled: {type(exc).__name__}: {exc}")
