@@ -192,7 +192,8 @@ class Launch:
             threading.Timer(float(argv["bag_delay"]), self.player.start).start()
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def interrupt(self, timeout: float = 90.0) -> int:
@@ -319,7 +320,7 @@ def test_live_mapping_params_refiner_reset_and_ctrl_c(node, bag, tmp_path):
 
         assert spin_until(node, applied, 30), "recon_node's ~/path does not carry the corrected poses"
         # (0 moved is right when the alignment found the frontend poses already consistent)
-        assert re.search(r"re-anchored \d+ keyframe", run.log()), run.log()[-3000:]
+        assert spin_until(node, lambda: re.search(r"re-anchored \d+ keyframe", run.log()), 30), run.log()[-3000:]
 
         # reset: the next align sees the new map's keyframes only
         before = len(paths[-1].poses)
