@@ -36,6 +36,7 @@ ARGUMENTS = [
     ("refiner", "false", "start recon_refiner (background global alignment and depth refinement)"),
     ("autostart", "true", "configure and activate recon_node at start (false: manage its lifecycle yourself)"),
     ("log_level", "info", "log level of the nodes (debug, info, warn, error)"),
+    ("shutdown_timeout", "60", "seconds recon_node may take after Ctrl-C (its shutdown save) before the launch kills it"),
 ]
 
 
@@ -71,8 +72,12 @@ def _setup(context, *args, **kwargs):
     actions = [SetParameter(name="use_sim_time", value=sim_time)]
     if arg["namespace"]:
         actions.append(PushRosNamespace(arg["namespace"]))
+    # SIGINT, then SIGTERM after sigterm_timeout, SIGKILL after sigkill_timeout: both signals
+    # only ask the node to finish, so the whole timeout is available to the shutdown save
+    wait = str(max(float(arg["shutdown_timeout"]) / 2.0, 1.0))
     actions.append(Node(package=PKG, executable="recon_node", name="recon_node", output="screen",
-                        parameters=params, remappings=remaps, arguments=log_args))
+                        parameters=params, remappings=remaps, arguments=log_args,
+                        sigterm_timeout=wait, sigkill_timeout=wait))
     if _truthy(arg["refiner"]):
         actions.append(Node(package=PKG, executable="recon_refiner", name="recon_refiner", output="screen",
                             parameters=([params_file] if os.path.isfile(params_file) else []),

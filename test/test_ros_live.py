@@ -1,90 +1,401 @@
-"""End to end under real ROS 2 (marked ``ros``: runs only where ROS 2 is installed and the
+"""End to end under a real ROS 2 (marked ``ros``: runs only where ROS 2 is installed and the
 package is built and sourced, e.g. ``colcon build && source install/setup.bash && pytest -m ros``).
 
-``ros2 launch recon_ros live.launch.py bag:=<synthetic bag>`` with the rgbd frontend: the map
-cloud must grow, TF map -> camera_link must exist, ``~/save_map`` must write a valid PLY, and the
-refiner's services must answer.
+``ros2 launch recon_ros live.launch.py`` with the rgbd frontend on a ``recon-ros synth`` bag:
+
+* mapping: the map cloud grows, TF ``map -> camera_link`` exists, ``/diagnostics`` publishes at
+  its period, ``~/save_map`` writes a complete map;
+* parameters of both nodes through ``ros2 param list/describe/set/get``;
+* the refiner: ``~/align`` succeeds and its corrected path is applied by recon_node (its ``~/path``
+  equals the corrected poses); after ``~/reset`` the next align runs on the new map's keyframes only;
+* Ctrl-C (SIGINT to the whole process group, as a terminal sends it) while mapping and while a
+  refine runs: both nodes exit cleanly, no traceback, the shutdown save is complete;
+* lifecycle: configure -> activate -> deactivate -> activate -> cleanup -> configure -> activate ->
+  shutdown, each answered within 2 s; the process exits after shutdown with a complete map.
+
+The bag is played by ``ros2 bag play`` (the launch file's ``bag:=``) when rosbag2 is installed,
+otherwise by :class:`BagPlayer` below (a test helper: it publishes the bag's messages and /clock
+with rclpy) with ``use_sim_time:=true``.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from recon_ros.io import messages as M
 
 pytestmark = pytest.mark.ros
 
+BAG_FRAMES, BAG_FPS = 200, 8.0  # a 25 s bag, played at BAG_RATE (slowly: the test needs time while it plays)
+BAG_RATE = 0.2
+DEPTH = "/camera/aligned_depth_to_color/image_raw"
+TRANSITION_LIMIT_S = 2.0
 
-def _ros():
+
+def _rclpy():
     try:
         import rclpy  # noqa: F401
         from std_srvs.srv import Trigger  # noqa: F401
     except ImportError:
         pytest.fail("marked ros but rclpy / std_srvs are not importable: source a ROS 2 installation")
+    import rclpy
     return rclpy
 
 
-def _call(node, srv_type, name, timeout=30.0):
+@pytest.fixture(scope="module")
+def node():
+    rclpy = _rclpy()
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    n = rclpy.create_node("recon_ros_live_test", context=context)
+    yield n
+    n.destroy_node()
+    rclpy.shutdown(context=context)
+
+
+@pytest.fixture(scope="module")
+def bag(tmp_path_factory) -> Path:
+    from recon_ros.cli import main
+    path = tmp_path_factory.mktemp("bag") / "scene"
+    assert main(["-q", "synth", str(path), "--no-progress", "--synth.n_frames", str(BAG_FRAMES),
+                 "--synth.fps", str(BAG_FPS)]) == 0
+    return path
+
+
+def spin_until(node, cond, timeout: float, period: float = 0.1) -> bool:
     import rclpy
-    client = node.create_client(srv_type, name)
-    assert client.wait_for_service(timeout_sec=timeout), f"service {name} not available"
-    future = client.call_async(srv_type.Request())
-    rclpy.spin_until_future_complete(node, future, timeout_sec=timeout)
-    assert future.done(), f"service {name} did not answer"
-    return future.result()
+    executor = rclpy.executors.SingleThreadedExecutor(context=node.context)
+    executor.add_node(node)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if cond():
+                return True
+            executor.spin_once(timeout_sec=period)
+        return cond()
+    finally:
+        executor.remove_node(node)
 
 
-def test_live_launch_on_a_synthetic_bag(tmp_path):
-    rclpy = _ros()
+_CLIENTS: dict = {}
+
+
+def call(node, srv_type, name, request=None, timeout=30.0, retry_s=None):
+    """Call a service; (response, seconds from request to answer).
+
+    Clients are kept per service: a new client must be discovered by the server again, and under
+    load a response sent before that is lost. ``retry_s`` (idempotent services only) sends the
+    request again when no answer came within that many seconds.
+    """
+    key = (id(node), name)
+    client = _CLIENTS.get(key)
+    if client is None:
+        client = _CLIENTS[key] = node.create_client(srv_type, name)
+        assert spin_until(node, client.service_is_ready, timeout), f"service {name} not available"
+    deadline = time.monotonic() + timeout
+    while True:
+        t0 = time.monotonic()
+        future = client.call_async(request if request is not None else srv_type.Request())
+        wait = min(retry_s or timeout, deadline - t0)
+        if spin_until(node, future.done, wait):
+            return future.result(), time.monotonic() - t0
+        client.remove_pending_request(future)
+        assert retry_s and time.monotonic() < deadline, f"service {name} did not answer in {timeout} s"
+
+
+def cli(*args: str, timeout: float = 60.0) -> str:
+    res = subprocess.run(["ros2", *args], capture_output=True, text=True, timeout=timeout)
+    assert res.returncode == 0, f"ros2 {' '.join(args)} failed: {res.stdout}{res.stderr}"
+    return res.stdout
+
+
+class BagPlayer(threading.Thread):
+    """Test helper standing in for ``ros2 bag play --clock`` where rosbag2 is not installed:
+    publishes every message of the bag (raw CDR, so nothing is converted) at its recorded rate,
+    with /clock, /tf_static latched."""
+
+    def __init__(self, node, path: Path, rate: float = 1.0) -> None:
+        super().__init__(name="bag_player", daemon=True)
+        self.node, self.path, self.rate = node, path, rate
+        self.stop = threading.Event()
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+        from rclpy.serialization import deserialize_message
+        from rosgraph_msgs.msg import Clock
+        from rosidl_runtime_py.utilities import get_message
+
+        from recon_ros.io.bag_reader import open_bag_reader
+        import rclpy
+        player = rclpy.create_node("recon_ros_bag_player", context=self.node.context)
+        reader = open_bag_reader(self.path)
+        pubs: dict = {}
+        clock = player.create_publisher(Clock, "/clock", 10)
+        latched = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        try:
+            t_bag0 = t_wall0 = None
+            for conn, stamp, raw in reader.messages():
+                if self.stop.is_set():
+                    break
+                cls = get_message(conn.msgtype)
+                if conn.topic not in pubs:
+                    pubs[conn.topic] = player.create_publisher(
+                        cls, conn.topic, latched if conn.topic == "/tf_static" else 10)
+                if t_bag0 is None:
+                    t_bag0, t_wall0 = stamp, time.monotonic()
+                delay = (stamp - t_bag0) * 1e-9 / self.rate - (time.monotonic() - t_wall0)
+                if delay > 0:
+                    self.stop.wait(delay)
+                msg = Clock()
+                msg.clock.sec, msg.clock.nanosec = divmod(int(stamp), 1_000_000_000)
+                clock.publish(msg)
+                pubs[conn.topic].publish(deserialize_message(bytes(raw), cls))
+        finally:
+            reader.close()
+            self.done.set()
+            player.destroy_node()
+
+
+class Launch:
+    """``ros2 launch recon_ros live.launch.py ...`` in its own process group, output to a file."""
+
+    def __init__(self, node, bag: Path, tmp: Path, save_dir: Path, bag_rate: float = BAG_RATE, **args: str) -> None:
+        params = tmp / "params.yaml"
+        params.write_text(
+            "/**:\n  ros__parameters:\n    frontend:\n      name: rgbd\n"
+            f"    save:\n      directory: {save_dir}\n"
+            "    schedule:\n      align_period_s: 0.0\n      refine_period_s: 0.0\n")
+        self.log_path = tmp / "launch.log"
+        argv = {"rviz": "false", "device": "cpu", "base_frame": "camera_link", "depth_topic": DEPTH,
+                "params_file": str(params), "bag_delay": "3.0", "bag_rate": str(bag_rate), **args}
+        self.player = None
+        if importlib.util.find_spec("rosbag2_py") is not None:
+            argv["bag"] = str(bag)
+        else:
+            argv["use_sim_time"] = "true"
+            self.player = BagPlayer(node, bag, rate=bag_rate)
+        cmd = ["ros2", "launch", "recon_ros", "live.launch.py"] + [f"{k}:={v}" for k, v in argv.items()]
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(cmd, start_new_session=True, stdout=self._log, stderr=subprocess.STDOUT)
+        if self.player is not None:
+            threading.Timer(float(argv["bag_delay"]), self.player.start).start()
+
+    def log(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def interrupt(self, timeout: float = 90.0) -> int:
+        """SIGINT to the whole process group (a terminal's Ctrl-C); the launch's exit code."""
+        if self.player is not None:
+            self.player.stop.set()
+        os.killpg(self.proc.pid, signal.SIGINT)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            raise AssertionError(f"the launch did not end {timeout} s after Ctrl-C:\n{self.log()[-3000:]}")
+        finally:
+            self._log.close()
+
+    def kill(self) -> None:
+        if self.player is not None:
+            self.player.stop.set()
+            if self.player.is_alive():
+                self.player.join(10.0)
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def assert_clean_exit(log: str, processes: tuple) -> None:
+    for bad in ("Traceback", "FATAL", "terminate called", "KeyboardInterrupt", "context is invalid",
+                "process has died"):
+        assert bad not in log, f"'{bad}' in the launch output:\n{log[-4000:]}"
+    for name in processes:
+        assert re.search(rf"\[{name}-\d+\]: process has finished cleanly", log), \
+            f"{name} did not exit cleanly:\n{log[-4000:]}"
+
+
+def complete_maps(save_dir: Path) -> list[Path]:
+    """The saved map folders; each must be complete (no partial folder anywhere)."""
+    from recon_ros.io.ply import read_ply
+    assert not [p for p in save_dir.iterdir() if not p.name.startswith("map_")], list(save_dir.iterdir())
+    maps = sorted(save_dir.glob("map_*"))
+    for m in maps:
+        assert {"map.ply", "trajectory.tum"} <= {p.name for p in m.iterdir()}, list(m.iterdir())
+        assert len(read_ply(m / "map.ply").points) > 0
+        assert (m / "trajectory.tum").read_text().strip()
+    return maps
+
+
+def path_poses(msg) -> dict:
+    from recon_ros.io.messages import pose_to_matrix, stamp_to_ns
+    return {stamp_to_ns(p.header.stamp): pose_to_matrix(p) for p in msg.poses}
+
+
+def test_live_mapping_params_refiner_reset_and_ctrl_c(node, bag, tmp_path):
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from nav_msgs.msg import Path as PathMsg
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import PointCloud2
     from std_srvs.srv import Trigger
     from tf2_ros import Buffer, TransformListener
 
-    from recon_ros.cli import main
-    from recon_ros.io.ply import read_ply
-
-    bag = tmp_path / "scene"
-    assert main(["-q", "synth", str(bag), "--no-progress", "--synth.n_frames", "90"]) == 0
-    params = tmp_path / "params.yaml"
     save_dir = tmp_path / "maps"
-    params.write_text(
-        "/**:\n  ros__parameters:\n    frontend:\n      name: rgbd\n"
-        f"    save:\n      directory: {save_dir}\n")
-    cmd = ["ros2", "launch", "recon_ros", "live.launch.py", f"bag:={bag}", "rviz:=false", "refiner:=true",
-           f"params_file:={params}", "device:=cpu", "base_frame:=camera_link", "bag_delay:=3.0",
-           "depth_topic:=/camera/aligned_depth_to_color/image_raw"]
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    rclpy.init()
-    node = rclpy.create_node("recon_ros_live_test")
+    run = Launch(node, bag, tmp_path, save_dir, refiner="true")
     try:
-        sizes = []
-        qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        node.create_subscription(PointCloud2, "/recon_node/map_cloud", lambda m: sizes.append(m.width * m.height), qos)
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        sizes, diags, paths, corrected = [], [], [], []
+        node.create_subscription(PointCloud2, "/recon_node/map_cloud", lambda m: sizes.append(m.width * m.height), latched)
+        node.create_subscription(PathMsg, "/recon_node/path", paths.append, latched)
+        node.create_subscription(PathMsg, "/recon_refiner/corrected_path", corrected.append, latched)
+        node.create_subscription(DiagnosticArray, "/diagnostics",
+                                 lambda m: diags.extend((M.stamp_to_ns(m.header.stamp), s) for s in m.status
+                                                        if "recon_node" in s.name), 10)
         tf_buffer = Buffer()
         TransformListener(tf_buffer, node)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and not (len(sizes) >= 2 and sizes[-1] > sizes[0] > 0):
-            rclpy.spin_once(node, timeout_sec=0.5)
-        assert len(sizes) >= 2 and sizes[-1] > sizes[0] > 0, f"map cloud did not grow: {sizes}"
-        assert tf_buffer.can_transform("map", "camera_link", rclpy.time.Time()), "no TF map -> camera_link"
 
-        res = _call(node, Trigger, "/recon_node/save_map")
+        # mapping
+        assert spin_until(node, lambda: len(sizes) >= 2 and sizes[-1] > sizes[0] > 0, 120), \
+            f"map cloud did not grow: {sizes}\n{run.log()[-3000:]}"
+        assert tf_buffer.can_transform("map", "camera_link", rclpy.time.Time()), "no TF map -> camera_link"
+        # /diagnostics at its period (1 s of ROS time: sim time, the bag's clock, here)
+        n0 = len(diags)
+        assert spin_until(node, lambda: len(diags) >= n0 + 4, 60), f"/diagnostics: {len(diags) - n0} new"
+        gaps = np.diff([t for t, _ in diags[n0:]]) * 1e-9
+        assert 0.5 <= float(np.median(gaps)) <= 1.5, gaps
+        status = diags[-1][1]
+        level = ord(status.level) if isinstance(status.level, bytes) else int(status.level)  # a ROS byte
+        assert level <= 1, (level, status.message)  # mapping: never ERROR
+        assert int({v.key: v.value for v in status.values}["map points"]) > 0
+
+        # parameters, both nodes, through the ros2 CLI
+        for name in ("/recon_node", "/recon_refiner"):
+            listed = cli("param", "list", name)
+            assert "use_sim_time" in listed and ("publish.map_cloud_rate_hz" in listed or name == "/recon_refiner")
+        assert "largest rate" in cli("param", "describe", "/recon_node", "publish.map_cloud_rate_hz")
+        assert "successful" in cli("param", "set", "/recon_node", "publish.map_cloud_rate_hz", "2")
+        assert "Double value is: 2.0" in cli("param", "get", "/recon_node", "publish.map_cloud_rate_hz")
+        refused = subprocess.run(["ros2", "param", "set", "/recon_node", "input.qos", "reliable"],
+                                 capture_output=True, text=True, timeout=60)
+        refused = refused.stdout + refused.stderr
+        assert "unconfigured" in refused, refused
+        assert "keyframes kept" in cli("param", "describe", "/recon_refiner", "input.max_keyframes")
+        assert "successful" in cli("param", "set", "/recon_refiner", "schedule.min_keyframes", "4")
+        assert "Integer value is: 4" in cli("param", "get", "/recon_refiner", "schedule.min_keyframes")
+
+        # save
+        res, _ = call(node, Trigger, "/recon_node/save_map")
         assert res.success, res.message
-        saved = Path(res.message)  # the absolute folder the map was written to
-        assert saved.is_absolute() and saved.is_relative_to(save_dir), res.message
-        assert len(read_ply(saved / "map.ply").points) > 0
-        for service in ("/recon_refiner/align", "/recon_refiner/refine"):
-            res = _call(node, Trigger, service)
-            assert res.message, f"{service} gave no answer text"
+        saved = Path(res.message)
+        assert saved.is_absolute() and saved.parent == save_dir.resolve(), res.message
+        assert complete_maps(save_dir) == [saved]
+
+        # the refiner's correction is applied by recon_node
+        assert spin_until(node, lambda: paths and len(paths[-1].poses) >= 4, 60), "fewer than 4 keyframes"
+        res, _ = call(node, Trigger, "/recon_refiner/align")
+        assert res.success and "align started on" in res.message, res.message
+        assert spin_until(node, lambda: corrected, 120), f"no corrected path\n{run.log()[-3000:]}"
+        fixed = path_poses(corrected[-1])
+
+        def applied() -> bool:
+            mine = path_poses(paths[-1]) if paths else {}
+            common = set(mine) & set(fixed)
+            return len(common) == len(fixed) and all(np.allclose(mine[s], fixed[s], atol=1e-4) for s in common)
+
+        assert spin_until(node, applied, 30), "recon_node's ~/path does not carry the corrected poses"
+        # (0 moved is right when the alignment found the frontend poses already consistent)
+        assert spin_until(node, lambda: re.search(r"re-anchored \d+ keyframe", run.log()), 30), run.log()[-3000:]
+
+        # reset: the next align sees the new map's keyframes only
+        before = len(paths[-1].poses)
+        res, _ = call(node, Trigger, "/recon_node/reset")
+        assert res.success, res.message
+        assert spin_until(node, lambda: len(paths[-1].poses) == 0, 10)
+        assert spin_until(node, lambda: len(paths[-1].poses) >= 4, 90), "no new keyframes after the reset"
+        res, _ = call(node, Trigger, "/recon_refiner/align")
+        started = int(re.search(r"started on (\d+) keyframes", res.message).group(1))
+        # the old map's keyframes (>= 4) would show: at most the new ones (+2 in flight) are used
+        assert res.success and started <= len(paths[-1].poses) + 2, (res.message, before, len(paths[-1].poses))
+        assert spin_until(node, lambda: "align: " in run.log().split("map reset (requested)")[-1], 120)
+
+        # diagnostics kept coming through saves, corrections and the reset
+        n0 = len(diags)
+        assert spin_until(node, lambda: len(diags) >= n0 + 2, 30), "/diagnostics stopped"
+
+        # Ctrl-C while mapping and while a refine runs
+        res, _ = call(node, Trigger, "/recon_refiner/refine")
+        assert res.success, res.message
+        busy, _ = call(node, Trigger, "/recon_refiner/refine")
+        assert not busy.success and "busy" in busy.message, busy.message  # it is running now
+        assert run.player is None or not run.player.done.is_set(), "the bag ended before Ctrl-C: make it longer"
+        run.interrupt()
+        log = run.log()
+        assert_clean_exit(log, ("recon_node", "recon_refiner"))
+        maps = complete_maps(save_dir)
+        assert len(maps) == 2, maps  # the explicit save and the shutdown save
+        assert "map saved on shutdown" in log
     finally:
-        node.destroy_node()
-        rclpy.shutdown()
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        run.kill()
+
+
+def test_lifecycle_transitions_and_exit_after_shutdown(node, bag, tmp_path):
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState, GetState
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import PointCloud2
+
+    save_dir = tmp_path / "maps"
+    run = Launch(node, bag, tmp_path, save_dir, autostart="false", bag_delay="1.0")
+    try:
+        sizes = []
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        node.create_subscription(PointCloud2, "/recon_node/map_cloud", lambda m: sizes.append(m.width * m.height),
+                                 latched)
+        res, _ = call(node, GetState, "/recon_node/get_state", timeout=90, retry_s=5.0)
+        assert res.current_state.label == "unconfigured"
+        assert "unconfigured" in cli("lifecycle", "get", "/recon_node")
+        steps = [("configure", "inactive"), ("activate", "active"), ("deactivate", "inactive"),
+                 ("activate", "active"), ("deactivate", "inactive"), ("cleanup", "unconfigured"),
+                 ("configure", "inactive"), ("activate", "active"), ("shutdown", "finalized")]
+        ids = {"configure": Transition.TRANSITION_CONFIGURE, "activate": Transition.TRANSITION_ACTIVATE,
+               "deactivate": Transition.TRANSITION_DEACTIVATE, "cleanup": Transition.TRANSITION_CLEANUP,
+               "shutdown": Transition.TRANSITION_ACTIVE_SHUTDOWN}
+        times = {}
+        for i, (transition, label) in enumerate(steps):
+            if transition == "shutdown":  # there must be a map to save
+                assert spin_until(node, lambda: sizes and sizes[-1] > 0, 90), f"no map\n{run.log()[-3000:]}"
+            req = ChangeState.Request()
+            req.transition.id = ids[transition]
+            res, dt = call(node, ChangeState, "/recon_node/change_state", req)
+            assert res.success, f"{transition} failed\n{run.log()[-3000:]}"
+            times[f"{i}:{transition}"] = round(dt, 3)
+            if transition != "shutdown":
+                state, _ = call(node, GetState, "/recon_node/get_state")
+                assert state.current_state.label == label
+        assert max(times.values()) < TRANSITION_LIMIT_S, times
+        # the process exits after shutdown, with a complete saved map
+        assert spin_until(node, lambda: "[recon_node-1]: process has finished cleanly" in run.log(), 60), \
+            run.log()[-3000:]
+        assert len(complete_maps(save_dir)) == 1
+        run.interrupt()
+        assert_clean_exit(run.log(), ("recon_node",))
+        print("lifecycle transition times (s):", times)
+    finally:
+        run.kill()

@@ -145,7 +145,10 @@ def test_parameters_declared_from_schema_with_ranges(ros):
     specs = list(iter_params(FakeCoreConfig)) + list(iter_params(ReconNodeConfig))
     for spec in specs:
         d = node.describe_parameter(spec.name)
-        assert d.read_only == (not spec.dynamic), spec.name
+        # a lifecycle node: static parameters are settable while unconfigured, so rclpy must not
+        # refuse them as read-only; the schema check refuses them once configured
+        assert not d.read_only, spec.name
+        assert ("[set while unconfigured]" in d.description) == (not spec.dynamic), spec.name
         assert spec.doc.split()[0] in d.description
         if spec.type is float and spec.max is not None:
             assert d.floating_point_range[0].to_value == spec.max
@@ -160,13 +163,27 @@ def test_dynamic_parameter_validation(ros):
     assert ok.successful and recon.cfg.map.voxel_size_m == 0.05  # core config shared with the core
     ok = node.set_parameters([Parameter(name="publish.map_cloud_rate_hz", value=2)])[0]
     assert ok.successful and node.ros.publish.map_cloud_rate_hz == 2.0
+    stored = node.get_parameter("publish.map_cloud_rate_hz").value
+    assert isinstance(stored, float) and stored == 2.0  # an integer given for a float is stored as float
     bad = node.set_parameters([Parameter(name="map.voxel_size_m", value=5.0)])[0]
     assert not bad.successful and "1.0" in bad.reason and recon.cfg.map.voxel_size_m == 0.05
     bad = node.set_parameters([Parameter(name="input.process_every_n", value=0)])[0]
     assert not bad.successful and node.ros.input.process_every_n == 1
-    # A read-only one is refused by the descriptor and, independently, by the schema check.
-    assert not node.set_parameters([Parameter(name="input.qos", value="reliable")])[0].successful
+    # A static one is refused while configured, with what to do instead ...
+    res = node.set_parameters([Parameter(name="input.qos", value="reliable")])[0]
+    assert not res.successful and "unconfigured" in res.reason and "cleanup" in res.reason
     assert node._schema.check_runtime_change({"input.qos": "reliable"}) is not None
+    # ... and accepted while unconfigured; configure then uses it.
+    node.trigger_deactivate()
+    node.trigger_cleanup()
+    res = node.set_parameters([Parameter(name="input.qos", value="reliable")])[0]
+    assert res.successful, res.reason
+    bad = node.set_parameters([Parameter(name="input.qos", value="fastest")])[0]
+    assert not bad.successful and "fastest" in bad.reason  # still validated
+    node.trigger_configure()
+    node.trigger_activate()
+    from rclpy.qos import QoSReliabilityPolicy
+    assert node.subscriptions["/image"].qos.reliability == QoSReliabilityPolicy.RELIABLE
 
 
 def test_bad_override_fails_configure(ros):
@@ -275,13 +292,19 @@ def test_frames_wait_for_tf_and_time_out(ros):
     assert node.counters()["tf_timeouts"] == 1 and len(node._tf_queue) == 0
     assert any("tf_timeout_s" in m for m in node.get_logger().messages("warning"))
     # Now provide the mounting and odometry: the next frame goes through.
+    # A real chain: odom -> base_link (dynamic, sampled around the image stamp) -> camera (static,
+    # via camera_link). The node must compose it and interpolate odometry at the image stamp.
     buf = node._tf_buffer
-    T_base_cam = make_T(R_BODY_OPTICAL, [0.2, 0.0, 0.5])
-    buf.set_transform_static(M.make_transform_stamped(T, T_base_cam, "base_link", CAM, 0))
-    T_odom_base = make_T(rotvec_to_matrix([0, 0, 0.3]), [1.0, 2.0, 0.0])
-    buf.set_transform(M.make_transform_stamped(T, T_odom_base, "odom", "base_link", stamp(1) + 10_000_000))
-    # The buffer only resolves direct pairs: give odom <- camera as odom <- base <- camera.
-    buf.set_transform(M.make_transform_stamped(T, T_odom_base @ T_base_cam, "odom", CAM, stamp(1) + 10_000_000))
+    T_base_link = make_T(np.eye(3), [0.2, 0.0, 0.5])
+    T_link_cam = make_T(R_BODY_OPTICAL, [0.0, 0.0, 0.0])
+    T_base_cam = T_base_link @ T_link_cam
+    buf.set_transform_static(M.make_transform_stamped(T, T_base_link, "base_link", "camera_link", 0))
+    buf.set_transform_static(M.make_transform_stamped(T, T_link_cam, "camera_link", CAM, 0))
+    before = make_T(rotvec_to_matrix([0, 0, 0.2]), [1.0, 2.0, 0.0])
+    after = make_T(rotvec_to_matrix([0, 0, 0.4]), [1.2, 2.0, 0.0])
+    buf.set_transform(M.make_transform_stamped(T, before, "odom", "base_link", stamp(1) - 10_000_000))
+    buf.set_transform(M.make_transform_stamped(T, after, "odom", "base_link", stamp(1) + 10_000_000))
+    T_odom_base = make_T(rotvec_to_matrix([0, 0, 0.3]), [1.1, 2.0, 0.0])  # halfway: the image stamp
     feed(node, stamp(1))
     node._poll_tf()
     settle(node)
@@ -299,7 +322,7 @@ def test_frames_wait_for_tf_and_time_out(ros):
 
 
 def test_time_jump_backwards_resets_cleanly(ros):
-    node, recon = start(ros)
+    node, recon = start(ros, overrides={"frames.time_jump_confirm_frames": 1})
     for i in range(5):
         feed(node, stamp(100 + i))
         settle(node)
@@ -317,6 +340,27 @@ def test_time_jump_backwards_resets_cleanly(ros):
     assert np.allclose(M.pose_to_matrix(pub(node, "pose").messages[-2])[:3, 3], 0.0)
     empty = [m for m in pub(node, "map_cloud").messages if m.width * m.height == 0]
     assert empty, "an empty latched map is published so that RViz clears"
+
+
+def test_one_late_frame_is_skipped_a_restart_resets(ros):
+    """A live camera's single late stamp must not wipe the map; a sustained jump (a bag restart)
+    resets it once the configured number of late messages arrived in a row."""
+    node, recon = start(ros)  # default: 3 late messages of one stream in a row
+    for i in range(3):
+        feed(node, stamp(100 + i))
+        settle(node)
+    node.get_clock().set_ns(stamp(0))
+    node.subscriptions["/image"].callback(image_msg(stamp(0)))  # one image 3.3 s in the past
+    feed(node, stamp(103))
+    settle(node)
+    assert recon.resets == 0 and recon.processed[-1] == stamp(103)
+    assert node.counters()["stamp_outliers"] == 1 and "time_jumps" not in node.counters()
+    assert any("skipped a 'image' message" in m for m in node.get_logger().messages("warning"))
+    for i in range(3):  # the stream really went back in time: reset on the third in a row
+        feed(node, stamp(i))
+        settle(node)
+    assert recon.resets == 1 and node.counters()["time_jumps"] == 1
+    assert recon.processed[-1] == stamp(2)
 
 
 def test_bad_messages_are_counted_and_skipped(ros):
@@ -367,6 +411,28 @@ def test_save_map_writes_atomically_and_returns_absolute_path(ros, tmp_path):
     assert "element vertex 60" in (out / "map.ply").read_text()
 
 
+def test_interrupted_save_leaves_no_folder(ros, tmp_path):
+    """A save that fails half-way (disk full, Ctrl-C, ...) leaves no map_* folder and no litter."""
+    from std_srvs.srv import Trigger
+    node, recon = start(ros, overrides={"save.directory": str(tmp_path)})
+    for i in range(3):
+        feed(node, stamp(i))
+        settle(node)
+    real_save = recon.save
+
+    def save_then_fail(directory):
+        real_save(directory)  # the files are written ...
+        raise OSError("No space left on device")  # ... and then the save fails
+
+    recon.save = save_then_fail
+    resp = node.services[f"{NS}/save_map"].call(Trigger.Request())
+    assert not resp.success and "No space left" in resp.message
+    assert list(tmp_path.iterdir()) == []
+    recon.save = real_save
+    assert node.services[f"{NS}/save_map"].call(Trigger.Request()).success
+    assert [p.name.startswith("map_") for p in tmp_path.iterdir()] == [True]
+
+
 def test_reset_and_pause_services(ros):
     from std_srvs.srv import SetBool, Trigger
     node, recon = start(ros)
@@ -381,9 +447,14 @@ def test_reset_and_pause_services(ros):
     feed(node, stamp(2))
     settle(node)
     assert recon.processed == [stamp(0), stamp(2)]
+    assert pub(node, "keyframe_poses").messages[-1].poses  # the refiner's input has keyframes
     r = node.services[f"{NS}/reset"].call(Trigger.Request())
     assert r.success and recon.resets == 1
     assert pub(node, "path").messages[-1].poses == []
+    # the reset reaches recon_refiner: an empty keyframe path starts its new session
+    assert pub(node, "keyframe_poses").messages[-1].poses == []
+    # the reset service runs with the inputs (one owner of the input-side state), not beside them
+    assert node.services[f"{NS}/reset"].callback_group is node.subscriptions["/image"].callback_group
 
 
 def test_services_answer_when_not_configured(ros):
@@ -450,8 +521,35 @@ def test_diagnostics_report_health(ros):
         settle(node)
     node.get_clock().set_ns(stamp(2) + 10_000_000)
     status = node._diag.force_update()[0]
-    assert status.level in (0, 1), status.message
+    assert status.level == 0, status.message  # healthy: 3 frames at 30 Hz, fresh stamps
     assert status.values["map points"] == "60" and status.values["processed"] == "3"
+    # an input rate below diagnostics.min_rate_hz is a warning, not OK
+    from rclpy.parameter import Parameter
+    assert node.set_parameters([Parameter(name="diagnostics.min_rate_hz", value=100.0)])[0].successful
+    status = node._diag.force_update()[0]
+    assert status.level == 1 and "rate" in status.message, status.message
+
+
+def test_core_is_only_touched_by_the_worker(ros):
+    """Diagnostics read the worker's statistics snapshot; they never call into the core from
+    their own thread (where they could race with the frame being processed)."""
+    import threading
+    node, recon = start(ros)
+    callers = []
+    stats = recon.stats
+
+    def recording_stats():
+        callers.append(threading.current_thread().name)
+        return stats()
+
+    recon.stats = recording_stats
+    for i in range(3):
+        feed(node, stamp(i))
+        settle(node)
+    node.get_clock().set_ns(stamp(2) + 10_000_000)
+    status = node._diag.force_update()[0]
+    assert status.values["map points"] == "60"
+    assert callers and set(callers) == {"recon_gpu"}, callers
     assert "input rate (Hz)" in status.values and "GPU memory (MB)" in status.values
 
 
@@ -474,3 +572,82 @@ def test_autosave_on_shutdown(ros, tmp_path):
     assert len(saved) == 1
     node.finish()  # idempotent
     assert len(list(tmp_path.glob("map_*"))) == 1
+
+
+def test_main_exits_cleanly_on_ctrl_c_with_a_complete_shutdown_save(ros, tmp_path, monkeypatch):
+    """main(): Ctrl-C (twice, as terminal + launch send it) and SIGTERM only end the spin loop; the
+    shutdown save completes, the context is shut down last, Python's handlers come back."""
+    import os
+    import signal
+
+    import rclpy
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.parameter import Parameter
+
+    made = {}
+    node_cls = ros.ReconNode
+
+    def build():
+        node = node_cls(core_cls=FakeCoreConfig, reconstructor_factory=FakeReconstructor,
+                             parameter_overrides=[Parameter(name="save.directory", value=str(tmp_path)),
+                                                  Parameter(name="save.on_shutdown", value=True)])
+        made["node"] = node
+        return node
+
+    def tick(executor):
+        node = made["node"]
+        if executor.spins == 1:  # a few frames arrive
+            for i in range(3):
+                feed(node, stamp(i))
+                settle(node)
+        elif executor.spins == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)  # the second one must not interrupt the save
+            os.kill(os.getpid(), signal.SIGTERM)
+        elif executor.spins > 3:
+            raise AssertionError("the loop did not end after SIGINT")
+
+    monkeypatch.setattr(ros, "ReconNode", lambda: build())
+    monkeypatch.setattr(MultiThreadedExecutor, "on_spin_once", staticmethod(tick))
+    before = signal.getsignal(signal.SIGINT)
+    ros.main([])  # returns normally: no KeyboardInterrupt, no traceback
+    assert signal.getsignal(signal.SIGINT) is before
+    assert not rclpy.ok()
+    saved = [p for p in tmp_path.iterdir()]
+    assert len(saved) == 1 and saved[0].name.startswith("map_"), saved
+    assert "element vertex 60" in (saved[0] / "map.ply").read_text()
+    assert any("SIGINT: shutting down" in m for m in made["node"].get_logger().messages("info"))
+
+
+def test_lifecycle_shutdown_ends_the_process_loop(ros, tmp_path):
+    """After the lifecycle 'shutdown' transition the node asks main() to leave its loop."""
+    node, recon = start(ros, overrides={"save.directory": str(tmp_path), "save.on_shutdown": True})
+    feed(node, stamp(0))
+    settle(node)
+    assert not node.shutdown_requested.is_set()
+    node.trigger_shutdown()
+    assert node.state_label == "finalized" and node.shutdown_requested.is_set()
+    assert len(list(tmp_path.glob("map_*/map.ply"))) == 1
+
+
+def test_lost_tracking_is_visible_not_hidden_behind_a_held_pose(ros):
+    """Frames the frontend cannot place publish no pose/TF (a held pose with a fresh stamp would
+    hide the loss); diagnostics warn until tracking recovers."""
+    node, recon = start(ros)
+    recon.lost = {stamp(2), stamp(3)}
+    for i in range(5):
+        feed(node, stamp(i))
+        settle(node)
+    stamps = [M.stamp_to_ns(m.header.stamp) for m in pub(node, "pose").messages]
+    assert stamps == [stamp(0), stamp(1), stamp(4)]
+    assert [M.stamp_to_ns(t.header.stamp) for t in node._tf_pub.sent] == stamps
+    assert node.counters()["tracking_lost"] == 2
+    assert any("tracking lost (2 frame(s) in a row)" in m or "tracking lost (1 frame(s) in a row)" in m
+               for m in node.get_logger().messages("warning"))
+    assert any("recovered after 2 lost frame(s)" in m for m in node.get_logger().messages("info"))
+    recon.lost = {stamp(5)}
+    feed(node, stamp(5))
+    settle(node)
+    node.get_clock().set_ns(stamp(5) + 10_000_000)
+    status = node._diag.force_update()[0]
+    assert status.level == 1 and "tracking lost for 1 frame" in status.message, status.message

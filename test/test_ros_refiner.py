@@ -133,3 +133,54 @@ def test_timer_runs_stages_periodically(ros):
     assert node.wait(10.0)
     assert refiner.calls == ["align"]
     assert node.publishers[f"{NS}/corrected_path"].messages
+
+
+# -- sessions and memory --------------------------------------------------------------------------
+def test_reset_starts_a_new_session(ros):
+    """recon_node's empty keyframe path (its reset, also on a time jump) drops every kept keyframe:
+    the next align runs on the new session's keyframes only, and the stages forget the old ones."""
+    node, refiner = make(ros)
+    send_keyframes(node, 6)
+    assert node.services[f"{NS}/align"].call().success and node.wait(10.0)
+    assert refiner.cached == set(range(6))
+    node.subscriptions["/path"].callback(M.make_path(T, [], "map", 5_000_000_000))  # the reset
+    assert len(node._store) == 0
+    assert any("dropped 6 keyframe(s)" in m for m in node.get_logger().messages("info"))
+    send_keyframes(node, 3)  # the new session (new stamps would do as well)
+    resp = node.services[f"{NS}/align"].call()
+    assert resp.success and "on 3 keyframes" in resp.message, resp.message
+    assert node.wait(10.0)
+    assert refiner.cached == {6, 7, 8}  # the old session's caches were forgotten
+    out = node.publishers[f"{NS}/corrected_path"].messages[-1]
+    assert len(out.poses) == 3
+
+
+def test_result_of_a_stage_started_before_a_reset_is_discarded(ros):
+    gate = threading.Event()
+    node, refiner = make(ros, factory=lambda cfg: FakeRefiner(cfg, gate=gate))
+    send_keyframes(node, 4)
+    assert node.services[f"{NS}/align"].call().success  # held by the gate
+    node.subscriptions["/path"].callback(M.make_path(T, [], "map", 5_000_000_000))
+    gate.set()
+    assert node.wait(10.0)
+    assert not node.publishers[f"{NS}/corrected_path"].messages
+    assert node.counts["stale_results"] == 1 and "discarded" in node.last_result["align"]
+
+
+def test_memory_cap_drops_oldest_and_stages_forget_them(ros):
+    # each test keyframe: 4x5 points (240 B) + rgb (60 B) + conf (80 B) + K (72 B) = 452 B, plus the
+    # stages' estimated cache; a 1 MiB cap with 200 kB of cache per keyframe keeps 5 keyframes
+    node, refiner = make(ros, overrides={"input.max_memory_mb": 16.0})
+    node._store.extra_bytes_per_keyframe = 200_000
+    node._store.max_bytes = 2 ** 20
+    send_keyframes(node, 8)
+    assert len(node._store) == 5 and node._store.evicted == 3
+    assert node._store.nbytes() <= 2 ** 20
+    assert node.services[f"{NS}/align"].call().success and node.wait(10.0)
+    assert refiner.forgets[0] == sorted(node._store.ids())  # forgotten before the stage ran
+    assert refiner.cached == {3, 4, 5, 6, 7}
+
+
+def test_memory_cap_parameter_reaches_the_store(ros):
+    node, _ = make(ros, overrides={"input.max_memory_mb": 64.0})
+    assert node._store.max_bytes == 64 * 2 ** 20 and node._store.extra_bytes_per_keyframe > 0

@@ -29,24 +29,62 @@ class _Entry:
 
 
 class KeyframeStore:
-    """Keyframes by stamp, bounded to ``max_keyframes`` (oldest dropped first)."""
+    """Keyframes by stamp, bounded to ``max_keyframes`` and ``max_bytes`` (oldest dropped first).
 
-    def __init__(self, max_keyframes: int) -> None:
+    The byte bound counts the stored arrays plus ``extra_bytes_per_keyframe`` (what the refine
+    stages cache per keyframe: features, edges), so one cap in MiB bounds the refiner's memory.
+    ``clear()`` starts a new session (``session`` counts them).
+    """
+
+    def __init__(self, max_keyframes: int, max_bytes: Optional[int] = None,
+                 extra_bytes_per_keyframe: int = 0) -> None:
         self.max_keyframes = max_keyframes
+        self.max_bytes = max_bytes
+        self.extra_bytes_per_keyframe = int(extra_bytes_per_keyframe)
         self._entries: "OrderedDict[int, _Entry]" = OrderedDict()
         self._poses: dict[int, np.ndarray] = {}
         self._next_id = 0
         self.version = 0  # bumped on every change (results carry the version they used)
+        self.session = 0
+        self.evicted = 0
 
     def _entry(self, stamp_ns: int) -> _Entry:
         e = self._entries.get(stamp_ns)
         if e is None:
             e = self._entries[stamp_ns] = _Entry(kf_id=self._next_id)
             self._next_id += 1
-            while len(self._entries) > self.max_keyframes:
-                old, _ = self._entries.popitem(last=False)
-                self._poses.pop(old, None)
+            self._evict()
         return e
+
+    @staticmethod
+    def _entry_bytes(e: _Entry) -> int:
+        return sum(a.nbytes for a in (e.xyz, e.rgb, e.conf, e.K) if a is not None)
+
+    def nbytes(self) -> int:
+        """Estimated memory of the kept keyframes, with the stages' per-keyframe caches."""
+        return sum(self._entry_bytes(e) for e in self._entries.values()) + \
+            self.extra_bytes_per_keyframe * len(self._entries)
+
+    def _evict(self) -> None:
+        def over() -> bool:
+            if len(self._entries) > self.max_keyframes:
+                return True
+            return self.max_bytes is not None and len(self._entries) > 2 and self.nbytes() > self.max_bytes
+        while over():
+            old, _ = self._entries.popitem(last=False)
+            self._poses.pop(old, None)
+            self.evicted += 1
+
+    def clear(self) -> None:
+        """Forget every keyframe and pose: a new session (recon_node reset its map)."""
+        self._entries.clear()
+        self._poses.clear()
+        self.session += 1
+        self.version += 1
+
+    def ids(self) -> list[int]:
+        """Ids of the kept keyframes (complete or not)."""
+        return [e.kf_id for e in self._entries.values()]
 
     def add_cloud(self, stamp_ns: int, frame_id: str, xyz: np.ndarray, rgb: np.ndarray,
                   conf: np.ndarray) -> None:
@@ -54,6 +92,7 @@ class KeyframeStore:
             raise DataFormatError(f"keyframe cloud must be organised (H x W points), got shape {xyz.shape}")
         e = self._entry(stamp_ns)
         e.xyz, e.rgb, e.conf, e.frame_id = xyz, rgb, conf, frame_id
+        self._evict()
         self.version += 1
 
     def add_info(self, stamp_ns: int, K: np.ndarray) -> None:
@@ -61,12 +100,19 @@ class KeyframeStore:
         self.version += 1
 
     def set_poses(self, poses: dict[int, np.ndarray]) -> None:
-        """Poses (stamp_ns -> T_map_cam) from a path; stamps of unknown keyframes are kept too."""
+        """Poses (stamp_ns -> T_map_cam) from a path; stamps of unknown keyframes are kept too
+        (bounded: poses far beyond the kept keyframes are dropped)."""
         self._poses.update(poses)
+        excess = len(self._poses) - 2 * self.max_keyframes
+        if excess > 0:
+            for stamp in sorted(s for s in self._poses if s not in self._entries)[:excess]:
+                del self._poses[stamp]
         self.version += 1
 
     def frame_id(self, stamp_ns: int) -> str:
-        return self._entries[stamp_ns].frame_id
+        """The camera frame of a keyframe ("" once it was dropped)."""
+        e = self._entries.get(stamp_ns)
+        return e.frame_id if e is not None else ""
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -7,7 +7,17 @@ activates itself.
 Threads: subscription callbacks only match messages (approximate time) and queue them, never
 decode or infer; frames wait (without blocking) for the TF they need; one worker thread owns the
 model and takes the newest frame when it is free (older ones are dropped and counted); services
-hand their work to that thread; the TF listener spins its own thread.
+hand their work to that thread. Everything (inputs, TF listener, services, timers, lifecycle and
+parameter services) runs in the one MultiThreadedExecutor of ``main``: inputs, TF polling and the
+reset service share a mutually exclusive group (they own the input-side state), the other services
+a reentrant group, so a long save never blocks input, TF or the lifecycle services.
+
+Ownership: the worker thread owns the core, ``_Outputs`` and the published-state; it leaves a
+statistics snapshot (``_stats_snapshot``) that diagnostics read. Parameter changes to a running
+node are applied on the worker thread, between frames.
+
+Shutdown (Ctrl-C, SIGTERM, lifecycle ``shutdown``): the spin loop ends, the shutdown save is
+written to a temporary folder that is renamed only when complete, and the process exits 0.
 """
 from __future__ import annotations
 
@@ -15,6 +25,7 @@ import collections
 import datetime
 import gc
 import os
+import shutil
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,11 +34,12 @@ from typing import Any, Callable, Optional
 import numpy as np
 import rclpy
 import tf2_ros
+from diagnostic_msgs.msg import DiagnosticStatus
 from diagnostic_updater import DiagnosticStatusWrapper, Updater
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry, Path as PathMsg
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
@@ -38,6 +50,7 @@ from recon_ros.geometry.transforms import invert_T, transform_points
 from recon_ros.ros import convert, params, qos
 from recon_ros.ros import tf as rtf
 from recon_ros.ros.schema import NodeSchema, ReconNodeConfig, recon_node_schema
+from recon_ros.ros.spin import init_rclpy, signals_request_shutdown, spin_until_shutdown
 from recon_ros.ros.stamps import (HealthInputs, JumpDetector, StampMonitor, free_gpu_memory,
                                   gpu_memory_mb, health_summary)
 from recon_ros.ros.worker import GpuWorker
@@ -64,6 +77,7 @@ class PendingFrame:
     info: Any = None
     depth: Any = None
     T_odom_cam: Optional[np.ndarray] = None
+    T_base_cam: Optional[np.ndarray] = None  # the camera mounting (from TF), when a base frame is set
 
 
 @dataclass
@@ -80,6 +94,13 @@ class _Outputs:
     odom_by_stamp: "collections.OrderedDict[int, np.ndarray]" = field(default_factory=collections.OrderedDict)
 
 
+@dataclass
+class _InputState:
+    """Input-side bookkeeping (the input callback group only)."""
+
+    T_base_cam: Optional[np.ndarray] = None  # the camera mounting, looked up once per session
+
+
 class ReconNode(LifecycleNode):
     """The reconstruction node; see the module docstring and docs/ros.md."""
 
@@ -88,15 +109,18 @@ class ReconNode(LifecycleNode):
         super().__init__(node_name, **kwargs)
         self._msg = convert.rclpy_types()
         self._schema: NodeSchema = recon_node_schema(core_cls)
-        params.declare_all(self, self._schema)
-        self.add_on_set_parameters_callback(params.on_set_callback(self._schema, self._on_params_applied))
+        params.declare_all(self, self._schema, lifecycle=True)
+        params.add_callbacks(self, self._schema, self._on_params_applied, static_allowed=self._unconfigured,
+                             apply=self._apply_params)
         self._factory = reconstructor_factory or default_reconstructor
         self._recon: Any = None
         self._worker: Optional[GpuWorker] = None
+        # Names never shadow rclpy's own Node/LifecycleNode attributes (_timers, _services, ...):
+        # test_ros_attributes checks that.
         self._pubs: dict[str, Any] = {}
         self._subs: list = []
-        self._timers: list = []
-        self._services: list = []
+        self._input_timers: list = []
+        self._service_handles: list = []
         self._tf_buffer: Any = None
         self._tf_listener: Any = None
         self._tf_pub: Any = None
@@ -106,6 +130,9 @@ class ReconNode(LifecycleNode):
         self._stamps = StampMonitor()
         self._jumps = JumpDetector(tolerance_ns=0)
         self._out = _Outputs()
+        self._in = _InputState()
+        self._stats_snapshot: dict = {}  # written by the worker, read by diagnostics
+        self._lost_streak = 0  # worker: frames in a row without a pose
         self._counts: collections.Counter = collections.Counter()
         self._count_lock = threading.Lock()
         self._active = False
@@ -116,6 +143,7 @@ class ReconNode(LifecycleNode):
         self._timings: dict = {}
         self._last_autosave_ns = 0
         self._finished = False
+        self.shutdown_requested = threading.Event()  # main() leaves its spin loop when set
         self._input_group = MutuallyExclusiveCallbackGroup()
         self._service_group = ReentrantCallbackGroup()
         self._diag = Updater(self, period=self.ros.diagnostics.period_s)
@@ -130,6 +158,17 @@ class ReconNode(LifecycleNode):
     @property
     def autostart(self) -> bool:
         return bool(self.get_parameter("lifecycle.autostart").value)
+
+    def _unconfigured(self) -> bool:
+        """Read-only parameters may change while there is no model (they take effect at configure)."""
+        return self._recon is None
+
+    def _apply_params(self, fn: Callable[[], dict]) -> dict:
+        """Apply checked parameter changes on the worker thread (the config's reader) if it runs."""
+        worker = self._worker
+        if worker is None or not worker.running:
+            return fn()
+        return worker.call(fn).result(self.ros.save.timeout_s)
 
     def _on_params_applied(self, applied: dict) -> None:
         self.get_logger().info("parameters changed: " + ", ".join(f"{k}={v!r}" for k, v in applied.items()))
@@ -165,14 +204,18 @@ class ReconNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         r = self.ros
         self._stamps = StampMonitor()
-        self._jumps = JumpDetector(tolerance_ns=int(r.frames.time_jump_tolerance_s * 1e9))
+        self._jumps = JumpDetector(tolerance_ns=int(r.frames.time_jump_tolerance_s * 1e9),
+                                   confirm=r.frames.time_jump_confirm_frames)
+        self._in = _InputState()
         self._tf_queue = rtf.TfWaitQueue(timeout_ns=int(r.frames.tf_timeout_s * 1e9),
                                          max_size=r.frames.max_waiting_frames)
         self._out = _Outputs()
         self._create_publishers()
         self._create_services()
         self._tf_buffer = tf2_ros.Buffer()
-        self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, self, spin_thread=True)
+        # no spin thread: the listener's subscriptions run in this node's executor (a spin thread
+        # would move the node into the listener's own single-threaded executor)
+        self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, self, spin_thread=False)
         if r.frames.publish_tf:
             self._tf_pub = tf2_ros.TransformBroadcaster(self)
             self._tf_static_pub = tf2_ros.StaticTransformBroadcaster(self)
@@ -206,7 +249,7 @@ class ReconNode(LifecycleNode):
             self._subs.append(self.create_subscription(PointCloud2, r.refined_keyframes_topic,
                                                        self._on_refined_keyframe, qos.stream(50),
                                                        callback_group=self._input_group))
-        self._timers = [
+        self._input_timers = [
             self.create_timer(TF_POLL_PERIOD_S, self._poll_tf, callback_group=self._input_group),
             self._housekeeping_timer(),
         ]
@@ -237,30 +280,35 @@ class ReconNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_cleanup(self, state: State) -> TransitionCallbackReturn:
-        self._teardown()
+        if not self._teardown():
+            return TransitionCallbackReturn.FAILURE
         self.get_logger().info("cleaned up: model released")
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: State) -> TransitionCallbackReturn:
         self.finish()
+        self.shutdown_requested.set()  # finalized: main() leaves its loop and the process exits
         return TransitionCallbackReturn.SUCCESS
 
     def on_error(self, state: State) -> TransitionCallbackReturn:
-        self._teardown()
-        return TransitionCallbackReturn.SUCCESS
+        return TransitionCallbackReturn.SUCCESS if self._teardown() else TransitionCallbackReturn.ERROR
 
     def finish(self) -> None:
-        """Autosave (if configured and there is a map) and release everything; idempotent."""
+        """Save on shutdown (if configured and there is a map) and release everything; idempotent.
+
+        The save is complete or absent: it is written to a temporary folder renamed at the end.
+        """
         if self._finished:
             return
         self._finished = True
         self._active = False
         self._destroy_inputs()
         if self._recon is not None and self.ros.save.on_shutdown and self._worker is not None:
+            self._worker.clear_pending()
             try:
                 saved = self._worker.call(self._save).result(self.ros.save.timeout_s)
                 if saved is not None:
-                    self.get_logger().info(f"map saved on shutdown to {saved[0]}")
+                    self.get_logger().info(f"map saved on shutdown to {saved[0]} ({saved[2]} points)")
             except Exception as exc:
                 self.get_logger().error(f"saving the map on shutdown failed: {exc}")
         self._teardown()
@@ -268,27 +316,40 @@ class ReconNode(LifecycleNode):
     def _destroy_inputs(self) -> None:
         for s in self._subs:
             self.destroy_subscription(s)
-        for t in self._timers:
+        for t in self._input_timers:
             self.destroy_timer(t)
-        self._subs, self._timers = [], []
+        self._subs, self._input_timers = [], []
         self._matcher = None
         if self._tf_queue is not None:
             self._tf_queue.clear()
 
-    def _teardown(self) -> None:
+    def _teardown(self) -> bool:
+        """Stop the worker and release publishers, services, TF and the model.
+
+        False (nothing released) when the worker did not stop: it may still use all of it.
+        """
         self._active = False
         self._destroy_inputs()
         if self._worker is not None:
             if not self._worker.stop(timeout=30.0):
-                self.get_logger().error("the GPU worker did not stop within 30 s")
+                self.get_logger().error("the GPU worker did not stop within 30 s; keeping the model")
+                return False
             self._worker = None
         for p in self._pubs.values():
             self.destroy_publisher(p)
-        for s in self._services:
+        for s in self._service_handles:
             self.destroy_service(s)
-        self._pubs, self._services = {}, []
+        self._pubs, self._service_handles = {}, []
+        if self._tf_listener is not None:
+            self._tf_listener.unregister()
+        for broadcaster in (self._tf_pub, self._tf_static_pub):
+            pub = getattr(broadcaster, "pub_tf", None)  # tf2_ros keeps its publisher there
+            if pub is not None:
+                self.destroy_publisher(pub)
         self._tf_listener = self._tf_buffer = self._tf_pub = self._tf_static_pub = None
+        self._stats_snapshot = {}
         self._release_model()
+        return True
 
     def _release_model(self) -> None:
         self._recon = None
@@ -315,9 +376,10 @@ class ReconNode(LifecycleNode):
 
     def _create_services(self) -> None:
         g = self._service_group
-        self._services = [
+        self._service_handles = [
             self.create_service(Trigger, "~/save_map", self._srv_save_map, callback_group=g),
-            self.create_service(Trigger, "~/reset", self._srv_reset, callback_group=g),
+            # reset changes input-side state: it runs in the input group, never beside _on_input
+            self.create_service(Trigger, "~/reset", self._srv_reset, callback_group=self._input_group),
             self.create_service(SetBool, "~/set_paused", self._srv_set_paused, callback_group=g),
         ]
 
@@ -334,7 +396,15 @@ class ReconNode(LifecycleNode):
         except (AttributeError, TypeError, ValueError):
             self._count("bad_messages")
             return
-        if self._jumps.observe(name, stamp):
+        verdict = self._jumps.check(name, stamp)
+        if verdict == "outlier":  # one late stamp (a live camera's hiccup) never wipes the map
+            self._count("stamp_outliers")
+            self.get_logger().warning(
+                f"skipped a '{name}' message stamped {(self._jumps.last(name) - stamp) * 1e-9:.2f} s before "
+                f"the previous one (a reset needs {self.ros.frames.time_jump_confirm_frames} in a row)",
+                throttle_duration_sec=THROTTLE_S)
+            return
+        if verdict == "jump":
             self.get_logger().warning(
                 "input time jumped backwards (a bag restarted or looped?): resetting the map")
             self._count("time_jumps")
@@ -370,7 +440,7 @@ class ReconNode(LifecycleNode):
 
     def _needs_tf(self) -> bool:
         f = self.ros.frames
-        return bool(f.odom_frame) or (bool(f.base_frame) and self._out.T_base_cam is None)
+        return bool(f.odom_frame) or (bool(f.base_frame) and self._in.T_base_cam is None)
 
     def _lookup(self, target: str, source: str, stamp_ns: Optional[int]) -> Optional[np.ndarray]:
         """Transform source -> target at a stamp (None: latest), without waiting; None if unknown."""
@@ -384,7 +454,7 @@ class ReconNode(LifecycleNode):
     def _tf_for(self, item: PendingFrame, stamp_ns: int) -> Optional[dict]:
         f = self.ros.frames
         out: dict = {}
-        if f.base_frame and self._out.T_base_cam is None:
+        if f.base_frame and self._in.T_base_cam is None:
             T = self._lookup(f.base_frame, item.frame_id, None)
             if T is None:
                 return None
@@ -411,11 +481,15 @@ class ReconNode(LifecycleNode):
                 throttle_duration_sec=THROTTLE_S)
         for item, tfs in ready:
             if "T_base_cam" in tfs:
-                self._out.T_base_cam = tfs["T_base_cam"]
+                self._in.T_base_cam = tfs["T_base_cam"]
+            item.T_base_cam = self._in.T_base_cam
             item.T_odom_cam = tfs.get("T_odom_cam")
             self._submit(item)
 
-    def _request_reset(self, reason: str) -> None:
+    def _request_reset(self, reason: str) -> Any:
+        """Reset input-side state now (input group) and the map on the worker; the worker's Future."""
+        self._stamps.reset()
+        self._jumps.reset()
         if self._matcher is not None:
             self._matcher.reset()
         if self._tf_queue is not None:
@@ -425,13 +499,18 @@ class ReconNode(LifecycleNode):
         self._matched = 0
         if self._worker is not None:
             self._worker.clear_pending()
-            self._worker.call(self._do_reset, reason)
+            return self._worker.call(self._do_reset, reason)
+        return None
 
     def _housekeeping(self) -> None:
         if not self._active:
             return
         r = self.ros
         now = self._now_ns()
+        if now <= 0:  # sim time before the first /clock message: nothing can be late yet
+            return
+        if self._activated_ns <= 0:
+            self._activated_ns = now  # activated before /clock started: count from its first tick
         last = self._last_match_ns or self._activated_ns
         if not self._paused and now - last > r.diagnostics.no_data_warn_s * 1e9:
             self._warn_no_data()
@@ -491,6 +570,12 @@ class ReconNode(LifecycleNode):
             self._count("refined_keyframes_applied")
             self._out.map_dirty = True
             self._maybe_publish_map()
+            self._refresh_stats()
+        else:
+            self._count("refined_keyframes_unknown")
+            self.get_logger().warning(
+                f"refined keyframe stamped {stamp_ns} not applied: no such keyframe in the map (reset or "
+                f"evicted)", throttle_duration_sec=THROTTLE_S)
 
     # -- services (reentrant group; the work runs on the worker thread) ----------------------
     def _run_on_worker(self, fn: Callable, *args: Any) -> Any:
@@ -514,10 +599,9 @@ class ReconNode(LifecycleNode):
 
     def _srv_reset(self, request: Any, response: Any) -> Any:
         try:
-            self._stamps.reset()
-            self._jumps.reset()
-            self._matched = 0
-            self._run_on_worker(self._do_reset, "requested")
+            if self._worker is None or self._recon is None:
+                raise RuntimeError("the node is not configured (ros2 lifecycle set <node> configure)")
+            self._request_reset("requested").result(self.ros.save.timeout_s)
             response.success, response.message = True, "map reset"
         except Exception as exc:
             response.success, response.message = False, f"reset failed: {exc}"
@@ -553,6 +637,8 @@ class ReconNode(LifecycleNode):
                 f"image size changed from {self._out.image_size[0]}x{self._out.image_size[1]} to "
                 f"{size[0]}x{size[1]} mid-stream; call ~/reset to start a map at the new size")
         frame.T_odom_cam = item.T_odom_cam
+        if item.T_base_cam is not None:
+            self._out.T_base_cam = item.T_base_cam
         if item.T_odom_cam is not None:
             self._out.odom_by_stamp[frame.stamp_ns] = item.T_odom_cam
             while len(self._out.odom_by_stamp) > 64:
@@ -561,12 +647,30 @@ class ReconNode(LifecycleNode):
         result = self._recon.process(frame)
         self._timings = dict(result.timings_ms)
         self._publish_result(result)
+        self._refresh_stats()
+
+    def _refresh_stats(self) -> None:
+        """Leave a snapshot of the core's statistics for diagnostics (worker thread only)."""
+        if self._recon is not None:
+            self._stats_snapshot = {**self._recon.stats(), "lost_streak": self._lost_streak}
 
     def _publish_result(self, result: Any) -> None:
         for est in result.estimates:
+            if not getattr(est, "tracking_ok", True):
+                # the frontend held its last pose: publishing it with a fresh stamp would hide the loss
+                self._lost_streak += 1
+                self._count("tracking_lost")
+                self.get_logger().warning(
+                    f"tracking lost ({self._lost_streak} frame(s) in a row): no pose or TF published until "
+                    f"the frontend finds the camera again", throttle_duration_sec=THROTTLE_S)
+                continue
+            if self._lost_streak:
+                self.get_logger().info(f"tracking recovered after {self._lost_streak} lost frame(s)")
+                self._lost_streak = 0
             self._publish_estimate(est, final=True)
-        if result.provisional is not None and self.ros.publish.provisional_pose:
-            self._publish_estimate(result.provisional, final=False)
+        provisional = result.provisional
+        if provisional is not None and self.ros.publish.provisional_pose and getattr(provisional, "tracking_ok", True):
+            self._publish_estimate(provisional, final=False)
         if result.new_keyframes:
             self._publish_keyframes(result.new_keyframes)
             self._out.path_dirty = True
@@ -670,8 +774,14 @@ class ReconNode(LifecycleNode):
         self._recon.reset()
         keep_mount = self._out.T_base_cam
         self._out = _Outputs(T_base_cam=keep_mount)
+        self._lost_streak = 0
         self._maybe_publish_map(force=True)  # an empty latched cloud clears RViz
-        self._pubs["path"].publish(convert.path(self._msg, [], self._now_ns(), self.ros.frames.map_frame))
+        empty = convert.path(self._msg, [], self._now_ns(), self.ros.frames.map_frame)
+        self._pubs["path"].publish(empty)
+        if "keyframe_poses" in self._pubs:
+            # an empty keyframe path starts a new session in recon_refiner (it drops its keyframes)
+            self._pubs["keyframe_poses"].publish(empty)
+        self._refresh_stats()
         self.get_logger().info(f"map reset ({reason})")
 
     def _apply_corrections(self, poses_map: dict) -> None:
@@ -680,6 +790,7 @@ class ReconNode(LifecycleNode):
         poses = {s: rtf.recon_from_map(self._out.T_map_recon, T) for s, T in poses_map.items()}
         n = self._recon.apply_corrections(poses)
         self._count("corrections_applied")
+        self._refresh_stats()
         self.get_logger().info(f"re-anchored {n} keyframe(s) from the refiner's corrected path")
         if n:
             self._out.map_dirty = self._out.path_dirty = True
@@ -687,16 +798,27 @@ class ReconNode(LifecycleNode):
             self._maybe_publish_map(force=True)
 
     def _save(self) -> Optional[tuple]:
-        """Write map.ply + trajectory.tum into a new time-stamped folder; (abs dir, files, points)."""
+        """Write map.ply + trajectory.tum into a new time-stamped folder; (abs dir, files, points).
+
+        The folder is written under a hidden temporary name and renamed when complete, so a
+        ``map_*`` folder is always a complete map (an interrupted save leaves none).
+        """
         if self._recon is None:
             return None
         n = int(self._recon.stats().get("map_points", 0))
         if n <= 0:
             return None
         root = Path(os.path.expanduser(self.ros.save.directory)).resolve()
+        root.mkdir(parents=True, exist_ok=True)
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
         directory = root / f"map_{stamp}"
-        files = self._recon.save(directory)
+        partial = root / f".map_{stamp}.partial"
+        try:
+            files = self._recon.save(partial)
+            os.replace(partial, directory)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
         return directory, sorted(Path(p).name for p in files.values()), n
 
     def _autosave(self) -> None:
@@ -711,12 +833,7 @@ class ReconNode(LifecycleNode):
     def _diagnose(self, stat: DiagnosticStatusWrapper) -> DiagnosticStatusWrapper:
         d = self.ros.diagnostics
         last = self._last_match_ns or None
-        stats: dict = {}
-        if self._recon is not None:
-            try:
-                stats = dict(self._recon.stats())
-            except Exception:  # stats must never break diagnostics
-                stats = {}
+        stats = self._stats_snapshot  # left by the worker: the core is never touched from here
         worker_ms = self._worker.stats().mean_ms if self._worker is not None else 0.0
         h = HealthInputs(
             active=self._active, paused=self._paused, rate_hz=self._stamps.rate_hz(),
@@ -725,9 +842,10 @@ class ReconNode(LifecycleNode):
             counters=self.counters(), inference_ms=float(self._timings.get("total", worker_ms)),
             map_points=int(stats.get("map_points", 0)), scale=float(stats.get("scale", 1.0)),
             gpu_memory_mb=gpu_memory_mb(), min_rate_hz=d.min_rate_hz, max_delay_s=d.max_stamp_delay_s,
-            no_data_warn_s=d.no_data_warn_s)
+            no_data_warn_s=d.no_data_warn_s, lost_streak=int(stats.get("lost_streak", 0)))
         level, message, values = health_summary(h)
-        stat.summary(level, message)
+        # DiagnosticStatus.level is a ROS byte: rclpy wants bytes (an int is mis-serialised)
+        stat.summary(bytes([level]) if isinstance(DiagnosticStatus.OK, bytes) else level, message)
         for k, v in values.items():
             stat.add(k, v)
         return stat
@@ -735,22 +853,22 @@ class ReconNode(LifecycleNode):
 
 def main(args: Optional[list] = None) -> None:
     """Entry point of ``ros2 run recon_ros recon_node``."""
-    rclpy.init(args=args)
+    init_rclpy(args)
     node = ReconNode()
     executor = MultiThreadedExecutor(num_threads=4)
     executor.add_node(node)
-    try:
-        if node.autostart:
-            node.trigger_configure()
-            if node._recon is not None:
-                node.trigger_activate()
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.finish()
-        node.destroy_node()
-        rclpy.try_shutdown()
+    with signals_request_shutdown(node):
+        try:
+            if node.autostart:
+                node.trigger_configure()
+                if node._recon is not None and not node.shutdown_requested.is_set():
+                    node.trigger_activate()
+            spin_until_shutdown(node, executor)
+        finally:
+            node.finish()
+            executor.shutdown(timeout_sec=5.0)
+            node.destroy_node()
+            rclpy.try_shutdown()
 
 
 if __name__ == "__main__":

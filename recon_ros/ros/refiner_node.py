@@ -11,9 +11,17 @@ at once; a call while a stage runs answers that it is busy. A timer starts them 
 re-anchors its map from it) and ``~/refined_keyframes`` (organised PointCloud2 per keyframe).
 When the refine stages cannot be built, the services answer "not configured" with the reason and
 nothing is published: no correction is ever made up.
+
+Sessions and memory: an empty ``path`` (recon_node publishes one when it resets its map, also on a
+time jump) starts a new session: the kept keyframes are dropped, a running stage's result is
+discarded, and the stages forget their caches. The store is bounded by ``input.max_keyframes`` and
+``input.max_memory_mb``; dropped keyframes are forgotten by the stages (``Refiner.forget``) on the
+stage thread, which owns the refiner, before and after every stage.
 """
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from typing import Any, Callable, Optional
@@ -22,7 +30,7 @@ import numpy as np
 import rclpy
 from nav_msgs.msg import Path as PathMsg
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, PointCloud2
 from std_srvs.srv import Trigger
@@ -33,8 +41,17 @@ from recon_ros.ros import convert, params, qos
 from recon_ros.ros import tf as rtf
 from recon_ros.ros.keyframe_store import KeyframeStore
 from recon_ros.ros.schema import NodeSchema, RefinerNodeConfig, refiner_node_schema
+from recon_ros.ros.spin import init_rclpy, signals_request_shutdown, spin_until_shutdown
 
 SCHEDULE_PERIOD_S = 1.0
+SHUTDOWN_WAIT_S = 3.0  # how long the process waits for a running stage when asked to exit
+SIFT_DESCRIPTOR_BYTES = 128 * 4 + 32  # one cached feature: descriptor + keypoint
+
+
+def cache_bytes_per_keyframe(core: Any) -> int:
+    """Estimated bytes the refine stages cache per keyframe (SIFT features; edges are smaller)."""
+    matching = getattr(core, "matching", None)
+    return int(getattr(matching, "max_features", 2000)) * SIFT_DESCRIPTOR_BYTES
 
 
 def default_refiner(cfg: Any) -> Any:
@@ -61,7 +78,7 @@ class RefinerNode(Node):
             self._schema = NodeSchema(None, RefinerNodeConfig())
             self.unavailable = str(exc)
         params.declare_all(self, self._schema)
-        self.add_on_set_parameters_callback(params.on_set_callback(self._schema, lambda applied: None))
+        params.add_callbacks(self, self._schema, lambda applied: None)
         try:
             params.read_all(self, self._schema)
         except UserInputError as exc:
@@ -75,13 +92,16 @@ class RefinerNode(Node):
             log.error(f"refine stages not configured ({self.unavailable}); ~/align and ~/refine "
                       f"will answer with this reason")
         r = self.ros
-        self._store = KeyframeStore(r.input.max_keyframes)
+        self._store = KeyframeStore(r.input.max_keyframes, int(r.input.max_memory_mb * 2 ** 20),
+                                    cache_bytes_per_keyframe(self._schema.core))
         self._store_lock = threading.Lock()
         self._job_lock = threading.Lock()
         self.busy: Optional[str] = None  # name of the running stage
         self._thread: Optional[threading.Thread] = None
         self._last_run = {"align": time.monotonic(), "refine": time.monotonic()}
         self.last_result: dict[str, str] = {}
+        self.counts: dict[str, int] = {"stale_results": 0, "refined_dropped": 0}
+        self.shutdown_requested = threading.Event()  # main() leaves its spin loop when set
         group = MutuallyExclusiveCallbackGroup()
         sgroup = ReentrantCallbackGroup()
         in_qos = qos.input_qos(r.input.qos, r.input.queue_size)
@@ -92,11 +112,12 @@ class RefinerNode(Node):
         ]
         self._pub_path = self.create_publisher(PathMsg, "~/corrected_path", qos.latched())
         self._pub_refined = self.create_publisher(PointCloud2, "~/refined_keyframes", qos.stream(50))
-        self._services = [
+        # names never shadow rclpy's own Node attributes (_services, _timers, ...)
+        self._service_handles = [
             self.create_service(Trigger, "~/align", self._srv_align, callback_group=sgroup),
             self.create_service(Trigger, "~/refine", self._srv_refine, callback_group=sgroup),
         ]
-        self._timer = self.create_timer(SCHEDULE_PERIOD_S, self._on_schedule, callback_group=group)
+        self._schedule_timer = self.create_timer(SCHEDULE_PERIOD_S, self._on_schedule, callback_group=group)
 
     @property
     def ros(self) -> RefinerNodeConfig:
@@ -121,8 +142,14 @@ class RefinerNode(Node):
             self.get_logger().warning(f"skipped a keyframe_info: {exc}", throttle_duration_sec=5.0)
 
     def _on_path(self, msg: Any) -> None:
+        poses = convert.path_poses(msg)
         with self._store_lock:
-            self._store.set_poses(convert.path_poses(msg))
+            if poses:
+                self._store.set_poses(poses)
+                return
+            had = len(self._store)
+            self._store.clear()
+        self.get_logger().info(f"recon_node started a new map: dropped {had} keyframe(s)")
 
     # -- starting stages ---------------------------------------------------------------------
     def start(self, stage: str) -> tuple[bool, str]:
@@ -131,6 +158,7 @@ class RefinerNode(Node):
             return False, f"not configured: {self.unavailable}"
         with self._store_lock:
             keyframes = self._store.keyframes()
+            session = self._store.session
         need = self.ros.schedule.min_keyframes
         if len(keyframes) < need:
             return False, f"only {len(keyframes)} complete keyframe(s); {stage} needs {need}"
@@ -140,7 +168,7 @@ class RefinerNode(Node):
             self.busy = stage
         self._last_run[stage] = time.monotonic()
         target = self._run_align if stage == "align" else self._run_refine
-        self._thread = threading.Thread(target=self._run, args=(stage, target, keyframes),
+        self._thread = threading.Thread(target=self._run, args=(stage, target, keyframes, session),
                                         name=f"recon_{stage}", daemon=True)
         self._thread.start()
         return True, f"{stage} started on {len(keyframes)} keyframes"
@@ -153,20 +181,39 @@ class RefinerNode(Node):
             return not t.is_alive()
         return True
 
-    def _run(self, stage: str, target: Callable, keyframes: list) -> None:
+    def _current(self, session: int) -> bool:
+        """Whether results of a stage started in ``session`` may still be published."""
+        with self._store_lock:
+            current = self._store.session == session
+        if not current:
+            self.counts["stale_results"] += 1
+        return current and not self.shutdown_requested.is_set()
+
+    def _forget_dropped(self) -> None:
+        """Let the stages drop what they cached for keyframes no longer kept (stage thread only)."""
+        with self._store_lock:
+            keep = self._store.ids()
+        self._refiner.forget(keep)
+
+    def _run(self, stage: str, target: Callable, keyframes: list, session: int) -> None:
         t0 = time.perf_counter()
         try:
-            msg = target(keyframes)
+            self._forget_dropped()
+            msg = target(keyframes, session)
             self.last_result[stage] = msg
             self.get_logger().info(f"{stage}: {msg} ({(time.perf_counter() - t0):.1f} s)")
         except Exception as exc:  # a failed stage is reported, the node keeps running
             self.last_result[stage] = f"failed: {exc}"
-            self.get_logger().error(f"{stage} failed: {type(exc).__name__}: {exc}")
+            if not self.shutdown_requested.is_set():
+                self.get_logger().error(f"{stage} failed: {type(exc).__name__}: {exc}")
         finally:
-            with self._job_lock:
-                self.busy = None
+            try:
+                self._forget_dropped()
+            finally:
+                with self._job_lock:
+                    self.busy = None
 
-    def _run_align(self, keyframes: list) -> str:
+    def _run_align(self, keyframes: list, session: int) -> str:
         result = self._refiner.align(keyframes)
         corrections = result.corrections
         by_id = {kf.id: kf for kf in keyframes}
@@ -175,17 +222,23 @@ class RefinerNode(Node):
         poses.sort(key=lambda p: p[0])
         if not poses:
             return "no corrections"
+        if not self._current(session):
+            return "result discarded: recon_node started a new map (or shutdown) meanwhile"
         self._pub_path.publish(convert.path(self._msg, poses, poses[-1][0], self.ros.schedule.map_frame))
         return f"published corrected poses of {len(poses)} keyframes"
 
-    def _run_refine(self, keyframes: list) -> str:
+    def _run_refine(self, keyframes: list, session: int) -> str:
         refined = self._refiner.refine(keyframes)
+        if not self._current(session):
+            return "result discarded: recon_node started a new map (or shutdown) meanwhile"
         by_id = {kf.id: kf for kf in keyframes}
         n = 0
+        dropped = []
         for i, rd in refined.items():
             kf = by_id.get(i)
             depth = getattr(rd, "depth", None)
             if kf is None or depth is None:
+                dropped.append(i)
                 continue
             conf = getattr(rd, "confidence", None)
             conf = kf.confidence if conf is None else conf
@@ -195,7 +248,11 @@ class RefinerNode(Node):
             self._pub_refined.publish(convert.cloud(self._msg, pts, kf.colors, np.asarray(conf, np.float32),
                                                     kf.stamp_ns, frame_id))
             n += 1
-        return f"published {n} refined keyframes"
+        if dropped:
+            self.counts["refined_dropped"] += len(dropped)
+            self.get_logger().warning(f"refine gave no depth for {len(dropped)} keyframe(s) (ids "
+                                      f"{', '.join(map(str, dropped[:10]))}): not published")
+        return f"published {n} refined keyframes" + (f", {len(dropped)} without depth" if dropped else "")
 
     # -- services and schedule ---------------------------------------------------------------
     def _srv_align(self, request: Any, response: Any) -> Any:
@@ -222,18 +279,26 @@ class RefinerNode(Node):
 
 def main(args: Optional[list] = None) -> None:
     """Entry point of ``ros2 run recon_ros recon_refiner``."""
-    rclpy.init(args=args)
+    init_rclpy(args)
     node = RefinerNode()
     executor = MultiThreadedExecutor(num_threads=3)
     executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.wait(timeout=5.0)
-        node.destroy_node()
-        rclpy.try_shutdown()
+    with signals_request_shutdown(node):
+        try:
+            spin_until_shutdown(node, executor)
+        finally:
+            node.shutdown_requested.set()  # a running stage publishes nothing more
+            finished = node.wait(timeout=SHUTDOWN_WAIT_S)
+            executor.shutdown(timeout_sec=5.0)
+            node.destroy_node()
+            rclpy.try_shutdown()
+    if not finished:
+        # A stage still computing (torch, OpenCV threads) cannot be interrupted; letting the
+        # interpreter finalise under it aborts the process. Nothing of it is kept: leave now.
+        node.get_logger().info(f"left the running {node.busy or 'stage'} unfinished")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":

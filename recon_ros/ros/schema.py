@@ -75,6 +75,10 @@ class FramesConfig:
     time_jump_tolerance_s: float = param(0.5, "an input stamp older than the last one by more than "
                                          "this (a bag restarting) resets the map with a warning",
                                          min=0.0, max=3600.0)
+    time_jump_confirm_frames: int = param(3, "messages of one stream in a row that must be older than "
+                                          "the last one before the map is reset (fewer are skipped "
+                                          "and counted: a live camera's late frame never wipes the map)",
+                                          min=1, max=1000)
 
 
 @dataclass
@@ -152,6 +156,9 @@ class RefinerInputConfig:
     qos: str = param("reliable", "QoS of the keyframe subscriptions", choices=QOS_CHOICES)
     queue_size: int = param(50, "subscription depth (keyframes arrive in bursts)", min=1, max=1000)
     max_keyframes: int = param(500, "keyframes kept (oldest dropped first)", min=2, max=100000)
+    max_memory_mb: float = param(1024.0, "memory for kept keyframes and the refine stages' caches per "
+                                 "keyframe (estimated); the oldest keyframes are dropped and forgotten "
+                                 "by the stages beyond it", min=16.0, max=1.0e6)
 
 
 @dataclass
@@ -214,19 +221,24 @@ class NodeSchema:
         self.spec(name)
         return C.set_value(self._owner[name], name, value)
 
-    def check_runtime_change(self, changes: dict[str, Any]) -> Optional[str]:
+    def check_runtime_change(self, changes: dict[str, Any], allow_static: bool = False,
+                             lifecycle: bool = False) -> Optional[str]:
         """Why this set of run-time changes is refused (None when all are acceptable).
 
-        Nothing is stored: the values are validated on copies, so a rejected batch leaves the
-        configuration untouched.
+        ``allow_static``: non-dynamic parameters may change too (a lifecycle node while
+        unconfigured). Nothing is stored: the values are validated on copies, so a rejected batch
+        leaves the configuration untouched.
         """
         scratch = NodeSchema(copy.deepcopy(self.core), copy.deepcopy(self.ros))
         for name, value in changes.items():
             if name not in self._specs:
                 continue  # not ours (use_sim_time, qos_overrides, ...): rclpy handles it
-            if not self._specs[name].dynamic:
+            if not self._specs[name].dynamic and not allow_static:
+                if lifecycle:
+                    return (f"parameter '{name}' can only change while the node is unconfigured: "
+                            f"'ros2 lifecycle set <node> cleanup', set it, then configure")
                 return (f"parameter '{name}' cannot change while the node runs; set it in the "
-                        f"parameter file and restart (or cleanup + configure)")
+                        f"parameter file and restart")
             try:
                 scratch.set(name, value)
             except UserInputError as exc:

@@ -13,26 +13,45 @@ OK, WARN, ERROR = 0, 1, 2  # diagnostic_msgs/DiagnosticStatus levels
 class JumpDetector:
     """Detects input time going backwards (a bag restarted or looped) on any input stream.
 
-    ``observe(stream, stamp)`` returns True when the stamp is older than that stream's previous
-    one by more than ``tolerance_ns``; the history of every stream is then forgotten, so the
-    other streams of the same restart do not report it again.
+    ``check(stream, stamp)`` answers ``"ok"``, ``"outlier"`` or ``"jump"``. A stamp older than
+    that stream's newest one by more than ``tolerance_ns`` is an outlier (skip it) until
+    ``confirm`` such stamps arrived in a row: then it is a jump, and the history of every stream
+    is forgotten, so the other streams of the same restart do not report it again.
     """
 
     tolerance_ns: int
+    confirm: int = 1
     jumps: int = 0
     _last: dict = field(default_factory=dict)
+    _behind: dict = field(default_factory=dict)  # stream -> late stamps in a row
+
+    def check(self, stream: str, stamp_ns: int) -> str:
+        last = self._last.get(stream)
+        if last is None or stamp_ns >= last - self.tolerance_ns:
+            self._behind.pop(stream, None)
+            self._last[stream] = stamp_ns if last is None else max(stamp_ns, last)
+            return "ok"
+        n = self._behind.get(stream, 0) + 1
+        if n < self.confirm:
+            self._behind[stream] = n
+            return "outlier"
+        self.jumps += 1
+        self._last.clear()
+        self._behind.clear()
+        self._last[stream] = stamp_ns
+        return "jump"
 
     def observe(self, stream: str, stamp_ns: int) -> bool:
-        last = self._last.get(stream)
-        jumped = last is not None and stamp_ns < last - self.tolerance_ns
-        if jumped:
-            self.jumps += 1
-            self._last.clear()
-        self._last[stream] = max(stamp_ns, last) if (last is not None and not jumped) else stamp_ns
-        return jumped
+        """True when ``stamp_ns`` confirms a jump backwards (see :meth:`check`)."""
+        return self.check(stream, stamp_ns) == "jump"
+
+    def last(self, stream: str) -> int:
+        """The newest accepted stamp of ``stream`` (0 if none)."""
+        return int(self._last.get(stream, 0))
 
     def reset(self) -> None:
         self._last.clear()
+        self._behind.clear()
 
 
 @dataclass
@@ -85,6 +104,7 @@ class HealthInputs:
     min_rate_hz: float
     max_delay_s: float
     no_data_warn_s: float
+    lost_streak: int = 0  # frames in a row whose pose the frontend could not estimate
 
 
 def health_summary(h: HealthInputs) -> tuple[int, str, dict]:
@@ -105,6 +125,8 @@ def health_summary(h: HealthInputs) -> tuple[int, str, dict]:
     if h.since_last_s is None or h.since_last_s > h.no_data_warn_s:
         return ERROR, "no matched input frames (check topics, QoS, stamps; see the log)", values
     problems = []
+    if h.lost_streak > 0:
+        problems.append(f"tracking lost for {h.lost_streak} frame(s): no pose published")
     if h.min_rate_hz > 0 and h.rate_hz < h.min_rate_hz:
         problems.append(f"input rate {h.rate_hz:.2f} Hz below {h.min_rate_hz:g} Hz")
     if h.delay_s > h.max_delay_s:

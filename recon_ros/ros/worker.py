@@ -170,9 +170,11 @@ class GpuWorker(Generic[T]):
             self._handle(frame)
         except Exception as exc:  # a bad frame must not kill the worker
             ok = False
-            if self._on_error is not None:
+            try:
+                if self._on_error is None:
+                    raise exc
                 self._on_error(exc)
-            else:
+            except Exception:  # a failing error handler must not kill the worker either
                 _log.exception("frame handler failed")
         ms = (time.perf_counter() - t0) * 1e3
         with self._cv:

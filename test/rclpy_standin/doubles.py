@@ -73,10 +73,13 @@ def grid_points_cam() -> np.ndarray:
 
 
 class FakeReconstructor:
-    """Test double of the core Reconstructor. ``delay_s`` makes ``process`` slow like a GPU model."""
+    """Test double of the core Reconstructor. ``delay_s`` makes ``process`` slow like a GPU model;
+    frames whose stamps are in ``lost`` come back with ``tracking_ok=False`` (the pose not found:
+    the last good pose is held and nothing enters the map), as a real frontend reports it."""
 
     def __init__(self, cfg, delay_s: float = 0.0, keyframe_every: int = 2) -> None:
         self.cfg = cfg
+        self.lost: set[int] = set()
         self.delay_s = delay_s
         self.keyframe_every = keyframe_every
         self.processed: list[int] = []  # stamps, in processing order
@@ -98,6 +101,15 @@ class FakeReconstructor:
         self.threads.add(threading.current_thread().name)
         if self.delay_s:
             time.sleep(self.delay_s)
+        if frame.stamp_ns in self.lost:
+            self.processed.append(frame.stamp_ns)
+            held = camera_pose(max(self._n - 1, 0))
+            est = FrameEstimate(stamp_ns=frame.stamp_ns, index=self._n, points=np.full((GRID_H, GRID_W, 3), np.nan),
+                                confidence=np.zeros((GRID_H, GRID_W), np.float32),
+                                colors=np.zeros((GRID_H, GRID_W, 3), np.uint8), T_world_cam=held,
+                                K_model=make_K(10.0, 10.0, 2.0, 1.5), pixel_map=PixelMap.identity(GRID_W, GRID_H),
+                                frame=frame, tracking_ok=False)
+            return FakeStepResult([est], None, [], False, {"total": 1.0})
         i = self._n
         self._n += 1
         self.processed.append(frame.stamp_ns)
@@ -202,14 +214,22 @@ class FakeRefiner:
         self.depth_offset_m = depth_offset_m
         self.gate = gate
         self.calls: list[str] = []
+        self.cached: set = set()  # ids "cached" by align/refine, dropped by forget (like the real caches)
+        self.forgets: list[list[int]] = []
+
+    def forget(self, keep_ids) -> None:
+        self.forgets.append(sorted(keep_ids))
+        self.cached &= set(keep_ids)
 
     def align(self, keyframes) -> FakeAlignResult:
         self.calls.append("align")
+        self.cached |= {kf.id for kf in keyframes}
         if self.gate is not None:
             self.gate.wait(10.0)
         return FakeAlignResult({kf.id: self.C for kf in keyframes}, {"keyframes": len(keyframes)})
 
     def refine(self, keyframes) -> dict:
         self.calls.append("refine")
+        self.cached |= {kf.id for kf in keyframes}
         return {kf.id: FakeRefinedDepth(depth=np.where(kf.valid, kf.points_cam[..., 2] + self.depth_offset_m, 0.0)
                                         .astype(np.float32)) for kf in keyframes}

@@ -9,9 +9,11 @@ from recon_ros.geometry.camera import make_K
 from recon_ros.io.synth.config import SynthConfig
 from recon_ros.io.synth.scene import Scene, make_scene
 from recon_ros.io.synth.trajectory import blacked_out, frame_stamps_ns, frame_times, trajectory
+from recon_ros.io.topics import CAMERA_OPTICAL_FRAME
 from recon_ros.mapping.frame import Frame
 
-FRAME_ID = "synth_camera_optical"
+# the child of the static chain base_link -> camera_link -> optical frame that bags carry
+FRAME_ID = CAMERA_OPTICAL_FRAME
 
 
 def intrinsics(cfg: SynthConfig) -> np.ndarray:

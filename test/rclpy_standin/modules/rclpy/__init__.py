@@ -2,8 +2,9 @@
 _state = {"ok": False}
 
 
-def init(args=None, context=None):
+def init(args=None, context=None, domain_id=None, signal_handler_options=None):
     _state["ok"] = True
+    _state["signal_handler_options"] = signal_handler_options
 
 
 def ok(context=None):

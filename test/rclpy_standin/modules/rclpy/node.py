@@ -118,6 +118,7 @@ class Node:
         self._params: dict[str, Parameter] = {}
         self._descriptors: dict[str, Any] = {}
         self._param_callbacks: list[Callable] = []
+        self._pre_set_callbacks: list[Callable] = []
         self.publishers: dict[str, Publisher] = {}
         self.subscriptions: dict[str, Subscription] = {}
         self.services: dict[str, Service] = {}
@@ -167,8 +168,14 @@ class Node:
     def add_on_set_parameters_callback(self, callback: Callable) -> None:
         self._param_callbacks.append(callback)
 
+    def add_pre_set_parameters_callback(self, callback: Callable) -> None:
+        """As in rclpy >= Jazzy: ``callback(parameters) -> parameters`` may modify the request."""
+        self._pre_set_callbacks.append(callback)
+
     def set_parameters(self, parameters: list) -> list:
         results = []
+        for cb in self._pre_set_callbacks:
+            parameters = cb(list(parameters))
         for p in parameters:
             d = self._descriptors.get(p.name)
             if p.name not in self._params:

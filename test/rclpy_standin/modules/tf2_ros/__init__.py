@@ -1,18 +1,18 @@
-"""Test double for tf2_ros: a buffer with explicit transforms and recording broadcasters.
+"""Test double for tf2_ros: a buffer backed by the package's own TF buffer, and recording
+broadcasters and listeners.
 
-The buffer answers ``lookup_transform(target, source, time)`` from transforms given with
-``set_transform`` (dynamic, sampled: the sample nearest to the requested time is returned, and a
-time after the newest sample raises ExtrapolationException, as waiting for TF would) or
-``set_transform_static``. Only direct parent/child pairs (either direction) are resolved.
+``Buffer`` stores what ``set_transform`` / ``set_transform_static`` are given in a
+:class:`recon_ros.io.tf_buffer.TfBuffer`, so lookups walk TF chains (any depth, through the common
+ancestor) and interpolate dynamic transforms between samples, as tf2 does. As in tf2, a time
+outside a dynamic transform's samples raises ExtrapolationException (no extrapolation), and
+``Time()`` (0) asks for the latest time all transforms of the chain share.
 """
 from __future__ import annotations
 
 import threading
 
-import numpy as np
-
-from recon_ros.geometry.transforms import invert_T
 from recon_ros.io import messages as M
+from recon_ros.io.tf_buffer import TfBuffer, TransformLookupError
 
 
 class TransformException(Exception):
@@ -33,51 +33,54 @@ class ExtrapolationException(TransformException):
 
 class Buffer:
     def __init__(self, cache_time=None, node=None) -> None:
-        self._dynamic: dict[tuple[str, str], list[tuple[int, np.ndarray]]] = {}
-        self._static: dict[tuple[str, str], np.ndarray] = {}
+        self._tf = TfBuffer(max_extrapolation_ns=0)
         self._lock = threading.Lock()
         self._types = M.rosbags_types()
         self.cleared = 0
 
     def set_transform(self, tf, authority: str = "") -> bool:
-        key = (str(tf.header.frame_id), str(tf.child_frame_id))
         with self._lock:
-            self._dynamic.setdefault(key, []).append((M.stamp_to_ns(tf.header.stamp), M.transform_to_matrix(tf)))
-            self._dynamic[key].sort(key=lambda s: s[0])
+            self._tf.add(str(tf.header.frame_id), str(tf.child_frame_id), M.stamp_to_ns(tf.header.stamp),
+                         M.transform_to_matrix(tf), static=False)
         return True
 
     def set_transform_static(self, tf, authority: str = "") -> bool:
         with self._lock:
-            self._static[(str(tf.header.frame_id), str(tf.child_frame_id))] = M.transform_to_matrix(tf)
+            self._tf.add(str(tf.header.frame_id), str(tf.child_frame_id), M.stamp_to_ns(tf.header.stamp),
+                         M.transform_to_matrix(tf), static=True)
         return True
 
     def clear(self) -> None:
+        """Forget the dynamic transforms (static ones stay), like tf2's Buffer.clear."""
         with self._lock:
-            self._dynamic.clear()
+            old = self._tf
+            self._tf = TfBuffer(max_extrapolation_ns=0)
+            for child, edge in old._edges.items():
+                if edge.static:
+                    self._tf._edges[child] = edge
             self.cleared += 1
 
-    def _get(self, parent: str, child: str, t_ns: int):
-        if (parent, child) in self._static:
-            return self._static[(parent, child)]
-        samples = self._dynamic.get((parent, child))
-        if not samples:
-            return None
-        if t_ns == 0:
-            return samples[-1][1]
-        if t_ns > samples[-1][0]:
-            raise ExtrapolationException(f"{parent} -> {child}: requested time is after the newest sample")
-        best = min(samples, key=lambda s: abs(s[0] - t_ns))
-        return best[1]
+    def _latest_common_ns(self, target: str, source: str) -> int:
+        """tf2's "latest common time" of the chain target <- source (0 when all are static)."""
+        tf = self._tf
+        chain = set(tf._chain(target)) ^ set(tf._chain(source))
+        newest = [tf._edges[f].stamps[-1] for f in chain if f in tf._edges and not tf._edges[f].static]
+        return min(newest) if newest else 0
 
     def lookup_transform(self, target_frame: str, source_frame: str, time, timeout=None):
         t_ns = int(getattr(time, "nanoseconds", 0))
         with self._lock:
-            T = self._get(target_frame, source_frame, t_ns)
-            if T is None:
-                inv = self._get(source_frame, target_frame, t_ns)
-                T = None if inv is None else invert_T(inv)
-        if T is None:
-            raise LookupException(f"no transform {target_frame} <- {source_frame}")
+            try:
+                if t_ns == 0:
+                    t_ns = self._latest_common_ns(target_frame, source_frame)
+                T = self._tf.lookup(target_frame, source_frame, t_ns)
+            except TransformLookupError as exc:
+                text = str(exc)
+                if "not in the TF data" in text:
+                    raise LookupException(text) from None
+                if "not connected" in text or "loop" in text:
+                    raise ConnectivityException(text) from None
+                raise ExtrapolationException(text) from None
         return M.make_transform_stamped(self._types, T, target_frame, source_frame, max(t_ns, 0))
 
     def can_transform(self, target_frame, source_frame, time, timeout=None) -> bool:
@@ -91,6 +94,10 @@ class Buffer:
 class TransformListener:
     def __init__(self, buffer, node, *, spin_thread: bool = False, qos=None, static_qos=None) -> None:
         self.buffer, self.spin_thread = buffer, spin_thread
+        self.registered = True
+
+    def unregister(self) -> None:
+        self.registered = False
 
 
 class TransformBroadcaster:

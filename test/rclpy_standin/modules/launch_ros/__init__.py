@@ -1,0 +1,1 @@
+"""Test double for launch_ros (see launch/__init__.py of the stand-in)."""
