@@ -100,9 +100,15 @@ def map_occupancy(recon: Any, T_map_recon: Optional[np.ndarray] = None):
 
 def write_occupancy(stem: Path, grid: Any, cfg: Any) -> dict[str, Path]:
     """``stem``.pgm + ``stem``.yaml in the map_server format (trinary: occupied black 0, free
-    white 254, unknown grey 205; the image's first row is the grid's last, +y up)."""
+    white 254, unknown grey with the occupancy halfway between the two thresholds, so that
+    map_server reads it back as unknown whatever thresholds are configured; the image's
+    first row is the grid's last, +y up)."""
     stem = Path(stem)
-    pix = np.full(grid.data.shape, 205, np.uint8)
+    if not 0.0 <= cfg.free_thresh < cfg.occupied_thresh <= 1.0:
+        raise ValueError(f"occupancy thresholds must satisfy 0 <= free_thresh ({cfg.free_thresh}) "
+                         f"< occupied_thresh ({cfg.occupied_thresh}) <= 1")
+    unknown = int(round(255.0 * (1.0 - 0.5 * (cfg.free_thresh + cfg.occupied_thresh))))
+    pix = np.full(grid.data.shape, unknown, np.uint8)
     pix[grid.data == 100] = 0
     pix[grid.data == 0] = 254
     pix = pix[::-1]

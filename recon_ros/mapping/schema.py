@@ -169,19 +169,21 @@ class MapConfig:
     """The fused map: a sparse TSDF volume fed by every tracked frame, and the keyframe
     point blocks that background refinement works on."""
 
-    voxel_size_m: float = param(0.02, "voxel edge of the fused cloud (world units: metres once "
-                                "the scale is known)", min=1e-4, max=10.0)
+    voxel_size_m: float = param(0.02, "voxel edge of the TSDF volume and of the keyframe "
+                                "point cloud (world units: metres once the scale is known)",
+                                min=1e-4, max=10.0)
     min_confidence: float = param(1.0, "points below this confidence never enter the map "
                                   "(Spann3R confidences are >= 1; 1.5-3 removes its unreliable "
                                   "points)", min=0.0, max=1e6)
     block_voxel_fraction: float = param(0.5, "keyframe points are stored averaged on a grid of "
                                         "this fraction of the voxel size in keyframe "
                                         "coordinates (0 keeps every pixel)", min=0.0, max=1.0)
-    max_points: int = param(2_000_000, "the fused cloud keeps at most this many voxels (the "
+    max_points: int = param(2_000_000, "the keyframe point cloud (map_before.ply, refinement) "
+                            "keeps at most this many voxels (the "
                             "lowest-confidence ones are dropped)", min=1, max=1_000_000_000,
                             dynamic=True)
-    max_bytes: int = param(512 * 1024 * 1024, "memory of the stored map; above it the oldest "
-                           "keyframes leave the map", min=1024, max=1 << 40, dynamic=True)
+    max_bytes: int = param(512 * 1024 * 1024, "memory of the keyframe point blocks; above it "
+                           "the oldest keyframes leave them", min=1024, max=1 << 40, dynamic=True)
     truncation_voxels: float = param(4.0, "TSDF truncation distance in voxels (the band "
                                      "around the surface that a depth reading updates; at "
                                      "least truncation_sigmas times the depth noise)",

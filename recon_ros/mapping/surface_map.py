@@ -3,9 +3,9 @@
 :class:`SurfaceMap` owns a :class:`recon_ros.mapping.tsdf.TSDFVolume` and turns frontend
 estimates into depth images along each pixel's ray (RGB-D: the measured depth; Spann3R: the
 pointmap's z in the frame's own camera, its confidence as weight), fused at
-``map.fusion_max_width``. Per-pixel weight: confidence / (sigma(d) / sigma(1 m))^2 with the
-depth noise model of the map config; truncation ``max(truncation_voxels * voxel,
-truncation_sigmas * sigma(d))``.
+``map.fusion_max_width``. Weight of a reading at a voxel of depth z: confidence /
+(sigma(min(z, d)) / sigma(1 m))^2 with the depth noise model of the map config; truncation
+``max(truncation_voxels * voxel, truncation_sigmas * sigma(d))``.
 
 Loop closure without rebuilding: the map keeps each fused frame (its fused-resolution depth,
 colours and weights, and the pose it was fused with) in a frame store bounded by
@@ -47,6 +47,9 @@ def resolve_device(name: str, model_device: Optional[str] = None) -> torch.devic
     return torch.device(name)
 
 
+NOISE_POWER = {"quadratic": 2.0, "linear": 1.0, "constant": 0.0}
+
+
 def noise_std(depth: np.ndarray | torch.Tensor, sigma_1m: float, model: str):
     """Depth noise standard deviation at ``depth`` for a sensor with ``sigma_1m`` at 1 m."""
     if model == "quadratic":
@@ -66,6 +69,7 @@ class FusedFrame:
     confidence: np.ndarray  # (h, w) float16
     K: np.ndarray  # (3, 3) of the fused resolution
     T_world_cam: np.ndarray  # 4x4 (rigid or Sim(3)) it was fused with
+    tick: int = 0  # the volume's integration tick it was fused at
 
     @property
     def nbytes(self) -> int:
@@ -155,21 +159,22 @@ class SurfaceMap:
         c = torch.as_tensor(np.asarray(conf, dtype=np.float32), device=self.device)
         sig = noise_std(d, cfg.depth_noise_m, cfg.depth_noise_model)
         valid = d > 0
-        if cfg.depth_noise_m > 0:
-            rel = noise_std(d, 1.0, cfg.depth_noise_model).clamp(min=1e-3)
-            w = c / (rel * rel)
-        else:
-            w = c.clone()
-        w = torch.where(valid, w, torch.zeros_like(w))
+        w = torch.where(valid, c, torch.zeros_like(c))
         trunc = torch.clamp(cfg.truncation_sigmas * sig, min=cfg.truncation_voxels * self.voxel)
         col = torch.as_tensor(np.asarray(colors), device=self.device).to(torch.float32)
         n = torch.where(valid, c.clamp(max=1.0), torch.zeros_like(c))
         return d, col, w, n, trunc
 
     def _integrate(self, fr: FusedFrame, T: np.ndarray, sign: float) -> int:
+        """Fuse (sign 1: records the tick in ``fr``) or remove (sign -1) a stored frame."""
         d, col, w, n, trunc = self._tensors(fr.depth.astype(np.float32), fr.colors,
                                             fr.confidence.astype(np.float32))
-        return self.volume.integrate(d, fr.K, T, trunc, colors=col, weights=w, counts=n, sign=sign)
+        tick = self.volume.integrate(d, fr.K, T, trunc, colors=col, weights=w, counts=n, sign=sign,
+                                     noise_power=NOISE_POWER[self.config.depth_noise_model],
+                                     fused_at=fr.tick)
+        if sign > 0:
+            fr.tick = tick
+        return tick
 
     def integrate(self, est: FrameEstimate) -> bool:
         """Fuse one final, tracked, metric estimate. Returns False when it had no valid depth."""
@@ -217,11 +222,12 @@ class SurfaceMap:
         """Pose each stored frame was fused with, by stamp."""
         return {s: fr.T_world_cam for s, fr in self._frames.items()}
 
-    def repose(self, poses: dict[int, np.ndarray], tolerance_m: float = 1e-4) -> int:
+    def repose(self, poses: dict[int, np.ndarray], tolerance_m: Optional[float] = None) -> int:
         """Move stored frames to new poses (by stamp): each frame whose pose moved by more than
-        ``tolerance_m`` anywhere within its depth range is removed and fused again. Returns
-        how many frames moved."""
+        ``tolerance_m`` (default 5 % of a voxel) anywhere within its depth range is removed
+        and fused again. Returns how many frames moved."""
         t0 = time.perf_counter()
+        tolerance_m = 0.05 * self.voxel if tolerance_m is None else float(tolerance_m)
         moved = 0
         for stamp, T in poses.items():
             fr = self._frames.get(int(stamp))

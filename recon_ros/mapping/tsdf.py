@@ -57,7 +57,7 @@ _BITS = 21
 _OFF = 1 << (_BITS - 1)
 _LIMIT = _OFF - 1
 _EMPTY_W = 1e-6  # weights below this count as "never observed"
-_ARRAYS = ("keys", "coords", "tsdf", "weight", "count", "color", "last_seen")
+_ARRAYS = ("keys", "coords", "tsdf", "weight", "count", "color", "last_seen", "born")
 _TILE = 8  # occlusion culling: tile size (pixels) ...
 _DIL = 2  # ... and dilation (tiles)
 
@@ -107,13 +107,14 @@ class TSDFVolume:
         self.count = torch.empty((cap, VPB), dtype=torch.float32, device=dev)
         self.color = torch.empty((cap, VPB, 3), dtype=torch.float32, device=dev)
         self.last_seen = torch.empty(cap, dtype=torch.int64, device=dev)
+        self.born = torch.empty(cap, dtype=torch.int64, device=dev)
         self._sorted: Optional[tuple[torch.Tensor, torch.Tensor]] = None
         self.tick = 0
 
     @property
     def nbytes(self) -> int:
         """Memory of the allocated blocks (not of the spare capacity)."""
-        return int(self.n * (VPB * (4 + 4 + 4 + 12) + 8 * 5))
+        return int(self.n * (VPB * (4 + 4 + 4 + 12) + 8 * 6))
 
     def stats(self) -> VolumeStats:
         w = self.weight[:self.n]
@@ -163,6 +164,7 @@ class TSDFVolume:
             self.count[sl] = 0.0
             self.color[sl] = 0.0
             self.last_seen[sl] = self.tick
+            self.born[sl] = self.tick
             idx[idx < 0] = torch.arange(self.n, self.n + m, device=self.device)
             self.n += m
             self._sorted = None
@@ -189,17 +191,23 @@ class TSDFVolume:
     def integrate(self, depth: torch.Tensor, K: np.ndarray, T_world_cam: np.ndarray,
                   trunc: torch.Tensor | float, colors: Optional[torch.Tensor] = None,
                   weights: Optional[torch.Tensor] = None, counts: Optional[torch.Tensor] = None,
-                  sign: float = 1.0,
+                  noise_power: float = 0.0, sign: float = 1.0, fused_at: Optional[int] = None,
                   allocate: bool = True) -> int:
         """Fuse one depth image (H, W metres in camera units, <= 0 invalid) seen from
         ``T_world_cam`` (rigid or Sim(3): world = s R cam + t) with intrinsics ``K``.
 
         ``trunc`` is the truncation distance in camera units, per pixel (H, W) or one value;
-        ``weights`` (H, W) are per-pixel averaging weights (0 = ignore), ``counts`` (H, W)
+        ``weights`` (H, W) are per-pixel confidences (0 = ignore); a reading updates a voxel at
+        depth z with weight ``confidence / min(z, d)^(2 * noise_power)``, the inverse variance of
+        a depth sensor whose noise grows as depth^noise_power, taken at the voxel (a free-space
+        update in front of a far reading is as certain as a reading at the voxel's depth, not
+        as uncertain as the far reading). ``counts`` (H, W)
         what each reading adds to the observation count that the minimum-weight rule reads
         (default 1), ``colors`` (H, W, 3) float.
-        ``sign=-1`` removes a frame integrated before with the same arguments (no allocation).
-        Returns the number of voxels updated.
+        ``sign=-1`` removes a frame integrated before with the same arguments; ``fused_at`` is
+        the tick that integration returned, so that blocks allocated after it (which never
+        received the frame) are left alone - removal is then exact.
+        Returns the volume's tick of this integration (the number of integrations so far).
         """
         dev = self.device
         H, W = depth.shape
@@ -215,11 +223,12 @@ class TSDFVolume:
         fx, fy, cx, cy = (float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2]))
         vs = self.voxel
         bs = vs * BLOCK
-        if allocate and sign > 0:
-            self._allocate_from_depth(depth, weights, trunc, fx, fy, cx, cy, s, Rt, tt)
+        if sign > 0:
+            self.tick += 1
+            if allocate:
+                self._allocate_from_depth(depth, weights, trunc, fx, fy, cx, cy, s, Rt, tt)
         if self.n == 0:
-            return 0
-        self.tick += 1
+            return self.tick
         # --- blocks the frame can see: project every block centre (cheap: one point per block)
         centre_w = (self.coords[:self.n].to(torch.float32) + 0.5) * bs
         centre_c = ((centre_w - tt) @ Rt) / s
@@ -241,21 +250,26 @@ class TSDFVolume:
         far = self._footprint_max(depth + trunc, uc, vc)
         small = (mu <= _TILE * _DIL) & (mv <= _TILE * _DIL)
         sel &= ~(small & (zc - rad > far))
+        if sign < 0 and fused_at is not None:
+            sel &= self.born[:self.n] <= fused_at
         blocks = torch.nonzero(sel).reshape(-1)
         if blocks.numel() == 0:
-            return 0
+            return self.tick
         # --- every voxel of those blocks, in camera coordinates (block origin + local offset)
         origin_c = ((self.coords[blocks].to(torch.float32) * bs - tt) @ Rt) / s  # (M, 3)
         local_c = (((self._local.to(torch.float32) + 0.5) * vs) @ Rt) / s  # (512, 3)
+        # (in-place arithmetic: this is the hot loop, over every voxel of the visible blocks)
         z = origin_c[:, None, 2] + local_c[None, :, 2]
-        x = origin_c[:, None, 0] + local_c[None, :, 0]
-        y = origin_c[:, None, 1] + local_c[None, :, 1]
-        zs = z.clamp(min=1e-6)
-        u = torch.round(fx * x / zs + cx)
-        v = torch.round(fy * y / zs + cy)
-        ok = (z > 1e-6) & (u >= 0) & (u <= W - 1) & (v >= 0) & (v <= H - 1)
+        iz = z.clamp(min=1e-6).reciprocal_()
+        u = (origin_c[:, None, 0] + local_c[None, :, 0]).mul_(iz).mul_(fx).add_(cx + 0.5).floor_()
+        v = (origin_c[:, None, 1] + local_c[None, :, 1]).mul_(iz).mul_(fy).add_(cy + 0.5).floor_()
+        ok = z > 1e-6
+        ok &= u >= 0
+        ok &= u < W
+        ok &= v >= 0
+        ok &= v < H
         m_idx = torch.nonzero(ok.reshape(-1)).reshape(-1)
-        pix = (v.reshape(-1)[m_idx] * W + u.reshape(-1)[m_idx]).to(torch.int64)
+        pix = v.mul_(W).add_(u).reshape(-1)[m_idx].to(torch.int64)
         d = depth.reshape(-1)[pix]
         wp = weights.reshape(-1)[pix]
         cp = counts.reshape(-1)[pix] if counts is not None else None
@@ -266,8 +280,11 @@ class TSDFVolume:
         m_idx, pix, sdf, tr, wp = m_idx[keep], pix[keep], sdf[keep], tr[keep], wp[keep]
         cp = cp[keep] if cp is not None else torch.ones_like(wp)
         if m_idx.numel() == 0:
-            return 0
+            return self.tick
         tsdf_i = (sdf / tr).clamp_(max=1.0)
+        if noise_power:
+            zz = torch.minimum(zz[keep], d[keep]).clamp_(min=1e-3)
+            wp = wp / zz.pow(2.0 * noise_power)
         flat = blocks[m_idx // VPB] * VPB + (m_idx % VPB)
         wflat = self.weight.view(-1)
         tflat = self.tsdf.view(-1)
@@ -286,8 +303,9 @@ class TSDFVolume:
             c_i = colors.reshape(-1, 3)[pix].to(torch.float32)
             c_new = (cflat[flat] * w_old[:, None] + c_i * w_i[:, None]) / denom[:, None]
             cflat[flat] = torch.where(empty[:, None], torch.zeros_like(c_new), c_new)
-        self.last_seen[blocks] = self.tick
-        return int(flat.numel())
+        if sign > 0:
+            self.last_seen[blocks] = self.tick
+        return self.tick
 
     @staticmethod
     def _footprint_max(img: torch.Tensor, uc: torch.Tensor, vc: torch.Tensor) -> torch.Tensor:
