@@ -218,6 +218,7 @@ class TSDFVolume:
             weights = (depth > 0).to(torch.float32)
         else:
             weights = torch.where(depth > 0, weights, torch.zeros_like(weights))
+            depth = torch.where(weights > 0, depth, torch.zeros_like(depth))
         Rt = torch.as_tensor(R, dtype=torch.float32, device=dev)
         tt = torch.as_tensor(t, dtype=torch.float32, device=dev)
         fx, fy, cx, cy = (float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2]))
@@ -258,7 +259,8 @@ class TSDFVolume:
         # --- every voxel of those blocks, in camera coordinates (block origin + local offset)
         origin_c = ((self.coords[blocks].to(torch.float32) * bs - tt) @ Rt) / s  # (M, 3)
         local_c = (((self._local.to(torch.float32) + 0.5) * vs) @ Rt) / s  # (512, 3)
-        # (in-place arithmetic: this is the hot loop, over every voxel of the visible blocks)
+        # the hot loop, over every voxel of the visible blocks: in-place arithmetic, and
+        # index_select (much faster than advanced indexing on the CPU)
         z = origin_c[:, None, 2] + local_c[None, :, 2]
         iz = z.clamp(min=1e-6).reciprocal_()
         u = (origin_c[:, None, 0] + local_c[None, :, 0]).mul_(iz).mul_(fx).add_(cx + 0.5).floor_()
@@ -268,41 +270,42 @@ class TSDFVolume:
         ok &= u < W
         ok &= v >= 0
         ok &= v < H
-        m_idx = torch.nonzero(ok.reshape(-1)).reshape(-1)
-        pix = v.mul_(W).add_(u).reshape(-1)[m_idx].to(torch.int64)
-        d = depth.reshape(-1)[pix]
-        wp = weights.reshape(-1)[pix]
-        cp = counts.reshape(-1)[pix] if counts is not None else None
-        zz = z.reshape(-1)[m_idx]
-        tr = trunc.reshape(-1)[pix]
-        sdf = d - zz
-        keep = (wp > 0) & (d > 0) & (sdf >= -tr)
-        m_idx, pix, sdf, tr, wp = m_idx[keep], pix[keep], sdf[keep], tr[keep], wp[keep]
-        cp = cp[keep] if cp is not None else torch.ones_like(wp)
-        if m_idx.numel() == 0:
+        # the reading under every voxel (pixel 0 off the image; those are masked out)
+        pix_all = v.mul_(W).add_(u).masked_fill_(~ok, 0).view(-1).to(torch.int32)
+        zv = z.view(-1)
+        d_all = depth.view(-1).index_select(0, pix_all)
+        sdf_all = d_all - zv
+        keep = sdf_all >= -trunc.view(-1).index_select(0, pix_all)
+        keep &= ok.view(-1)
+        keep &= d_all > 0
+        k = torch.nonzero(keep).view(-1)
+        if k.numel() == 0:
             return self.tick
-        tsdf_i = (sdf / tr).clamp_(max=1.0)
+        pix = pix_all.index_select(0, k)
+        tsdf_i = sdf_all.index_select(0, k).div_(trunc.view(-1).index_select(0, pix)).clamp_(max=1.0)
+        wp = weights.view(-1).index_select(0, pix)
+        cp = counts.view(-1).index_select(0, pix) if counts is not None else torch.ones_like(wp)
         if noise_power:
-            zz = torch.minimum(zz[keep], d[keep]).clamp_(min=1e-3)
-            wp = wp / zz.pow(2.0 * noise_power)
-        flat = blocks[m_idx // VPB] * VPB + (m_idx % VPB)
+            zz = torch.minimum(zv.index_select(0, k), d_all.index_select(0, k)).clamp_(min=1e-3)
+            wp = wp / zz.pow_(2.0 * noise_power)
+        flat = blocks.index_select(0, k >> 9).mul_(VPB).add_(k & (VPB - 1))
         wflat = self.weight.view(-1)
         tflat = self.tsdf.view(-1)
-        w_old = wflat[flat]
+        nflat = self.count.view(-1)
+        w_old = wflat.index_select(0, flat)
         w_i = wp * sign
         w_new = w_old + w_i
         empty = w_new <= _EMPTY_W
         denom = torch.where(empty, torch.ones_like(w_new), w_new)
-        t_new = torch.where(empty, torch.ones_like(w_new), (tflat[flat] * w_old + tsdf_i * w_i) / denom)
-        tflat[flat] = t_new
-        wflat[flat] = torch.where(empty, torch.zeros_like(w_new), w_new)
-        nflat = self.count.view(-1)
-        nflat[flat] = torch.where(empty, torch.zeros_like(w_new), nflat[flat] + cp * sign)
+        t_new = (tflat.index_select(0, flat) * w_old + tsdf_i * w_i) / denom
+        tflat.index_copy_(0, flat, torch.where(empty, torch.ones_like(w_new), t_new))
+        wflat.index_copy_(0, flat, w_new.masked_fill_(empty, 0.0))
+        nflat.index_copy_(0, flat, (nflat.index_select(0, flat) + cp * sign).masked_fill_(empty, 0.0))
         if colors is not None:
             cflat = self.color.view(-1, 3)
-            c_i = colors.reshape(-1, 3)[pix].to(torch.float32)
-            c_new = (cflat[flat] * w_old[:, None] + c_i * w_i[:, None]) / denom[:, None]
-            cflat[flat] = torch.where(empty[:, None], torch.zeros_like(c_new), c_new)
+            c_i = colors.reshape(-1, 3).index_select(0, pix).to(torch.float32)
+            c_new = (cflat.index_select(0, flat) * w_old[:, None] + c_i * w_i[:, None]) / denom[:, None]
+            cflat.index_copy_(0, flat, c_new.masked_fill_(empty[:, None], 0.0))
         if sign > 0:
             self.last_seen[blocks] = self.tick
         return self.tick
