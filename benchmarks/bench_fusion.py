@@ -60,13 +60,14 @@ def synth_frames(n: int, width: int = 640, height: int = 480):
 def bench_ours(frames, width: int, device: str) -> dict:
     cfg = MapConfig(fusion_max_width=width, device=device)
     m = SurfaceMap(cfg, device=device)
-    ts = []
+    ts, cpu = [], []
     for i, (f, T) in enumerate(frames):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         m.integrate_depth(f.stamp_ns, f.depth, f.rgb, (f.depth > 0).astype(np.float32), f.K, T)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         ts.append((time.perf_counter() - t0) * 1e3)
+        cpu.append((time.process_time() - c0) * 1e3)
     t0 = time.perf_counter()
     pts = m.points()
     t_pts = (time.perf_counter() - t0) * 1e3
@@ -75,6 +76,7 @@ def bench_ours(frames, width: int, device: str) -> dict:
     t_mesh = (time.perf_counter() - t0) * 1e3
     warm = ts[3:] if len(ts) > 6 else ts
     return {"fusion_ms_median": round(float(np.median(warm)), 1),
+            "fusion_cpu_ms_median": round(float(np.median(cpu[3:] if len(cpu) > 6 else cpu)), 1),
             "fusion_ms_p90": round(float(np.percentile(warm, 90)), 1),
             "points": len(pts[0]), "points_ms": round(t_pts, 1), "triangles": len(mesh[1]),
             "mesh_ms": round(t_mesh, 1), "blocks": m.volume.n,
@@ -90,9 +92,9 @@ def bench_open3d(frames) -> dict:
                                         attr_dtypes=(o3c.float32, o3c.float32, o3c.float32),
                                         attr_channels=((1), (1), (3)), voxel_size=0.02,
                                         block_resolution=8, block_count=100000, device=dev)
-    ts = []
+    ts, cpu = [], []
     for f, T in frames:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         depth = o3d.t.geometry.Image(o3c.Tensor(np.ascontiguousarray(f.depth, dtype=np.float32)))
         color = o3d.t.geometry.Image(o3c.Tensor(np.ascontiguousarray(f.rgb.astype(np.float32) / 255.0)))
         K = o3c.Tensor(f.K, o3c.float64)
@@ -100,11 +102,13 @@ def bench_open3d(frames) -> dict:
         coords = vbg.compute_unique_block_coordinates(depth, K, ext, 1.0, 8.0, 0.08)
         vbg.integrate(coords, depth, color, K, ext, 1.0, 8.0, 0.08)
         ts.append((time.perf_counter() - t0) * 1e3)
+        cpu.append((time.process_time() - c0) * 1e3)
     t0 = time.perf_counter()
     pcd = vbg.extract_point_cloud()
     t_pts = (time.perf_counter() - t0) * 1e3
     warm = ts[3:] if len(ts) > 6 else ts
     return {"version": o3d.__version__, "fusion_ms_median": round(float(np.median(warm)), 1),
+            "fusion_cpu_ms_median": round(float(np.median(cpu[3:] if len(cpu) > 6 else cpu)), 1),
             "points": int(pcd.point.positions.shape[0]), "points_ms": round(t_pts, 1)}
 
 
