@@ -235,17 +235,31 @@ def test_occupancy_grid_marks_walls_in_the_band_and_free_floor():
     def cell(x_map, y_map):
         j = int((x_map - grid.origin[0]) / grid.resolution)
         i = int((y_map - grid.origin[1]) / grid.resolution)
-        return grid.data[i, j]
+        return grid.data[min(max(i, 0), grid.height - 1), min(max(j, 0), grid.width - 1)]
+
+    def wall_at(x_map, y_map, along_x):
+        """Occupied within one cell of (x_map, y_map) across the wall."""
+        offs = (-0.04, 0.0, 0.04)
+        return any(cell(x_map + (0 if along_x else o), y_map + (o if along_x else 0)) == OCCUPIED for o in offs)
     # optical z = forward = map x; optical x = right = map -y. The room's walls are at optical
     # z = +-3 (map x = +-3) and optical x = +-2.5 (map y = -+2.5)
     ys = np.linspace(-1.5, 1.5, 7)
-    assert sum(cell(2.98, y) == OCCUPIED for y in ys) >= 6
-    assert sum(cell(-2.98, y) == OCCUPIED for y in ys) >= 6
-    assert sum(cell(x, 2.48) == OCCUPIED for x in np.linspace(-2, 2, 7)) >= 6
-    # open floor in the middle of the room is free, not unknown or occupied
-    assert cell(0.0, 0.0) == FREE and cell(-0.5, 0.5) == FREE
+    # (the tall box at optical (0.9, ., 1.9) hides part of the map x = +3 wall from the loop)
+    assert sum(wall_at(3.0, y, False) for y in ys) >= 5
+    assert sum(wall_at(-3.0, y, False) for y in ys) >= 6
+    assert sum(wall_at(x, 2.5, True) for x in np.linspace(-2, 2, 7)) >= 6
+    # the floor seen between the camera loop and the walls is free; nothing outside the room is
+    xs = grid.origin[0] + (np.arange(grid.width) + 0.5) * grid.resolution
+    ysg = grid.origin[1] + (np.arange(grid.height) + 0.5) * grid.resolution
+    X, Y = np.meshgrid(xs, ysg)
+    inside = (np.abs(X) < 2.9) & (np.abs(Y) < 2.4)
+    free = grid.data == FREE
+    assert free[inside].mean() > 0.3, free[inside].mean()
+    assert not np.any(free & ((np.abs(X) > 3.1) | (np.abs(Y) > 2.6)))
     # boxes taller than the band's lower edge are obstacles: box 0 at optical (-1.2, ., 1.4)
-    assert cell(1.4, 1.2) == OCCUPIED
+    occ = grid.data == OCCUPIED
+    box = (np.abs(X - 1.4) < 0.4) & (np.abs(Y - 1.2) < 0.4)
+    assert occ[box].sum() > 20  # its faces (the inside is never seen)
     assert np.all(np.isin(grid.data, [OCCUPIED, FREE, UNKNOWN]))
     # a band above everything marks nothing occupied
     high = occupancy_grid(pts, nrm, OccupancyConfig(min_height_m=5.0, max_height_m=6.0), 0.04)
