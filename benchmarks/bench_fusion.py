@@ -128,14 +128,18 @@ def flat_wall_checks() -> dict:
         import open3d.core as o3c
     except ImportError:
         return out
-    vbg = o3d.t.geometry.VoxelBlockGrid(("tsdf", "weight"), (o3c.float32, o3c.float32), ((1), (1)),
+    vbg = o3d.t.geometry.VoxelBlockGrid(("tsdf", "weight", "color"), (o3c.float32,) * 3, ((1), (1), (3)),
                                         0.02, 8, 10000, o3c.Device("CPU:0"))
+    col = o3d.t.geometry.Image(o3c.Tensor(np.full((480, 640, 3), 0.5, np.float32)))
     d = o3d.t.geometry.Image(o3c.Tensor(depth))
     Kt, E = o3c.Tensor(K, o3c.float64), o3c.Tensor(np.eye(4), o3c.float64)
     for _ in range(3):
         c = vbg.compute_unique_block_coordinates(d, Kt, E, 1.0, 8.0, 0.08)
-        vbg.integrate(c, d, Kt, E, 1.0, 8.0, 0.08)
-    p = vbg.extract_point_cloud().point.positions.numpy()
+        vbg.integrate(c, d, col, Kt, E, 1.0, 8.0, 0.08)
+    try:
+        p = vbg.extract_point_cloud().point.positions.numpy()
+    except RuntimeError:  # 0.20.0 fails to build an empty cloud with colours
+        p = np.zeros((0, 3))
     out["open3d_voxelblockgrid"] = {"points": len(p), "mean_z": round(float(p[:, 2].mean()), 4) if len(p) else None}
     vol = o3d.pipelines.integration.ScalableTSDFVolume(
         voxel_length=0.02, sdf_trunc=0.08, color_type=o3d.pipelines.integration.TSDFVolumeColorType.RGB8)
