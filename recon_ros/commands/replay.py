@@ -1,7 +1,9 @@
 """Reconstruct a recording frame by frame, exactly as the ROS node would run live.
 
 INPUT is a rosbag2 (folder, .mcap or .db3), a ScanNet or ARKitScenes scene folder, an image
-folder or a video file. Writes into --out: map.ply (fused map), trajectory.tum (every frame),
+folder or a video file. Writes into --out: map.ply (fused surface points with normals),
+mesh.ply (triangle mesh), occupancy.pgm + occupancy.yaml (2D grid for Nav2's map_server),
+trajectory.tum (every frame),
 keyframes.tum + keyframes/ (keyframe records), recon_bag/ (fused cloud, poses, path and TF for
 `ros2 bag play` + RViz), gt_trajectory.tum when the input carries ground truth, config.yaml (the
 effective configuration) and summary.json. Ctrl-C stops early and still writes complete

@@ -666,3 +666,73 @@ def make_odometry(types: MessageTypes, T: np.ndarray, frame_id: str, child_frame
                                                            covariance=types.float64_fixed(pc)),
         twist=types["geometry_msgs/msg/TwistWithCovariance"](twist=twist_msg,
                                                              covariance=types.float64_fixed(tc)))
+
+
+# --------------------------------------------------------------------------- map products
+
+def make_occupancy_grid(types: MessageTypes, data: np.ndarray, resolution: float,
+                        origin_xy_yaw: Sequence[float], stamp_ns: int, frame_id: str) -> Any:
+    """nav_msgs/OccupancyGrid from ``data`` (rows, cols) int8 (100 occupied, 0 free, -1
+    unknown; row 0 at the origin, rows along +y), the cell size and the pose (x, y, yaw) of
+    the lower-left corner of cell (0, 0) in ``frame_id``."""
+    types = as_types(types)
+    grid = np.asarray(data)
+    if grid.ndim != 2:
+        raise DataFormatError(f"occupancy data must be 2-D (rows, cols), got shape {grid.shape}")
+    flat = np.ascontiguousarray(grid, dtype=np.int8).reshape(-1)
+    x, y, yaw = (float(v) for v in origin_xy_yaw)
+    T = make_T(np.array([[np.cos(yaw), -np.sin(yaw), 0.0], [np.sin(yaw), np.cos(yaw), 0.0],
+                         [0.0, 0.0, 1.0]]), np.array([x, y, 0.0]))
+    info = types["nav_msgs/msg/MapMetaData"](
+        map_load_time=ns_to_stamp(types, stamp_ns), resolution=float(resolution),
+        width=int(grid.shape[1]), height=int(grid.shape[0]), origin=make_pose(types, T))
+    values = flat if types.numpy_arrays else array.array("b", flat.tobytes())
+    return types["nav_msgs/msg/OccupancyGrid"](header=make_header(types, stamp_ns, frame_id),
+                                               info=info, data=values)
+
+
+def occupancy_grid_to_numpy(msg: Any) -> tuple[np.ndarray, float, np.ndarray]:
+    """nav_msgs/OccupancyGrid -> (data (rows, cols) int8, resolution, T_frame_origin 4x4)."""
+    info = msg.info
+    data = np.asarray(msg.data, dtype=np.int8).reshape(int(info.height), int(info.width))
+    return data, float(info.resolution), pose_to_matrix(info.origin)
+
+
+def make_mesh_marker(types: MessageTypes, vertices: np.ndarray, faces: np.ndarray,
+                     stamp_ns: int, frame_id: str, colors: Optional[np.ndarray] = None,
+                     ns: str = "map_mesh", marker_id: int = 0) -> Any:
+    """visualization_msgs/Marker TRIANGLE_LIST of a triangle mesh (RViz shows it with the
+    stock Marker display). ``vertices`` (V, 3), ``faces`` (F, 3) indices, optional per-vertex
+    ``colors`` (V, 3) uint8; each triangle corner becomes one point (and colour)."""
+    types = as_types(types)
+    v = np.asarray(vertices, dtype=np.float64).reshape(-1, 3)
+    f = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
+    if f.size and (f.min() < 0 or f.max() >= len(v)):
+        raise DataFormatError("mesh face indices out of range of the vertices")
+    Point = types["geometry_msgs/msg/Point"]
+    Color = types["std_msgs/msg/ColorRGBA"]
+    corners = v[f.reshape(-1)]
+    points = [Point(x=float(a), y=float(b), z=float(c)) for a, b, c in corners.tolist()]
+    cols = []
+    if colors is not None:
+        c = np.asarray(colors).reshape(-1, 3)
+        if len(c) != len(v):
+            raise DataFormatError(f"{len(c)} colours for {len(v)} vertices")
+        cc = (c[f.reshape(-1)].astype(np.float64) / 255.0).tolist()
+        cols = [Color(r=float(r), g=float(g), b=float(b), a=1.0) for r, g, b in cc]
+    Marker = types["visualization_msgs/msg/Marker"]
+    kwargs = dict(header=make_header(types, stamp_ns, frame_id), ns=str(ns), id=int(marker_id),
+                  type=11, action=0, pose=make_pose(types, np.eye(4)),  # TRIANGLE_LIST, ADD
+                  scale=types["geometry_msgs/msg/Vector3"](x=1.0, y=1.0, z=1.0),
+                  color=Color(r=0.8, g=0.8, b=0.8, a=1.0),
+                  lifetime=types["builtin_interfaces/msg/Duration"](sec=0, nanosec=0),
+                  frame_locked=False, points=points, colors=cols, text="", mesh_resource="",
+                  mesh_use_embedded_materials=False)
+    if types.numpy_arrays:  # rosbags classes need every field; rclpy fills the rest itself
+        kwargs.update(
+            texture_resource="",
+            texture=types["sensor_msgs/msg/CompressedImage"](
+                header=make_header(types, 0, ""), format="", data=np.zeros(0, np.uint8)),
+            uv_coordinates=[],
+            mesh_file=types["visualization_msgs/msg/MeshFile"](filename="", data=np.zeros(0, np.uint8)))
+    return Marker(**kwargs)

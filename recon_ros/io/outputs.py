@@ -1,10 +1,14 @@
-"""What a reconstruction leaves behind: map PLY, trajectories, keyframes, and an output bag.
+"""What a reconstruction leaves behind: map PLY, mesh PLY, occupancy grid, trajectories,
+keyframes, and an output bag.
 
 ``save_reconstruction`` writes the files (each atomically); ``ReconBagRecorder`` writes the
 output rosbag2 that ``ros2 bag play`` + RViz (fixed frame ``map``) shows: the fused map
-(``/recon/map_cloud``), optional per-frame clouds, the camera pose and keyframe path, TF
-``map -> recon_camera`` and the static ``map -> recon_world``. The frame conventions are the
-ROS node's: ``map`` is z-up, ``recon_world`` the first camera's optical frame.
+(``/recon/map_cloud``), at the end the mesh (``/recon/map_mesh``, a Marker TRIANGLE_LIST) and
+the occupancy grid (``/recon/occupancy``), optional per-frame clouds, the camera pose and
+keyframe path, TF ``map -> recon_camera`` and the static ``map -> recon_world``. The frame
+conventions are the ROS node's: ``map`` is z-up, ``recon_world`` the first camera's optical
+frame. The occupancy grid is cut in ``map`` (z-up); map.ply and mesh.ply are in
+``recon_world`` like the trajectories, as the evaluation expects.
 """
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+
+from recon_ros.io.atomic import write_bytes_atomic, write_text_atomic
 
 from recon_ros.geometry.transforms import map_from_optical, rigid_part, transform_points
 from recon_ros.io.atomic import atomic_path
@@ -30,6 +36,8 @@ TOPICS = {
     "pose": "/recon/pose",
     "path": "/recon/path",
     "image": "/recon/image",
+    "map_mesh": "/recon/map_mesh",
+    "occupancy": "/recon/occupancy",
 }
 
 
@@ -60,8 +68,12 @@ def save_reconstruction(recon: Any, directory: Path, keyframes: bool = True) -> 
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    xyz, rgb, conf = recon.fused_cloud()
-    out = {"map": write_ply(directory / "map.ply", xyz, rgb, conf)}
+    xyz, normals, rgb, weight = recon.surface.points()
+    out = {"map": write_ply(directory / "map.ply", xyz, rgb, weight, normals=normals)}
+    verts, faces, vrgb, vnormals = recon.surface.mesh()
+    out["mesh"] = write_ply(directory / "mesh.ply", verts, vrgb, faces=faces, normals=vnormals)
+    grid = map_occupancy(recon)
+    out.update(write_occupancy(directory / "occupancy", grid, recon.cfg.map.occupancy))
     stamps, poses = _stack(recon.trajectory())
     out["trajectory"] = write_tum(directory / "trajectory.tum", stamps, poses,
                                   header="camera poses in recon_world (T_world_cam)")
@@ -72,6 +84,68 @@ def save_reconstruction(recon: Any, directory: Path, keyframes: bool = True) -> 
     if keyframes:
         out["keyframes"] = save_keyframes(kfs, directory / "keyframes")
     return out
+
+
+def map_occupancy(recon: Any, T_map_recon: Optional[np.ndarray] = None):
+    """The occupancy grid of a reconstruction's surface in the z-up ``map`` frame
+    (``T_map_recon`` defaults to the static optical -> z-up rotation)."""
+    from recon_ros.mapping.occupancy import occupancy_grid
+
+    T = map_from_optical() if T_map_recon is None else np.asarray(T_map_recon, dtype=np.float64)
+    xyz, normals, _, _ = recon.surface.points()
+    pts = transform_points(T, np.asarray(xyz, dtype=np.float64))
+    nrm = np.asarray(normals, dtype=np.float64) @ rigid_part(T)[:3, :3].T
+    return occupancy_grid(pts, nrm, recon.cfg.map.occupancy, recon.cfg.map.voxel_size_m)
+
+
+def write_occupancy(stem: Path, grid: Any, cfg: Any) -> dict[str, Path]:
+    """``stem``.pgm + ``stem``.yaml in the map_server format (trinary: occupied black 0, free
+    white 254, unknown grey with the occupancy halfway between the two thresholds, so that
+    map_server reads it back as unknown whatever thresholds are configured; the image's
+    first row is the grid's last, +y up)."""
+    stem = Path(stem)
+    if not 0.0 <= cfg.free_thresh < cfg.occupied_thresh <= 1.0:
+        raise ValueError(f"occupancy thresholds must satisfy 0 <= free_thresh ({cfg.free_thresh}) "
+                         f"< occupied_thresh ({cfg.occupied_thresh}) <= 1")
+    unknown = int(round(255.0 * (1.0 - 0.5 * (cfg.free_thresh + cfg.occupied_thresh))))
+    pix = np.full(grid.data.shape, unknown, np.uint8)
+    pix[grid.data == 100] = 0
+    pix[grid.data == 0] = 254
+    pix = pix[::-1]
+    h, w = pix.shape
+    pgm = write_bytes_atomic(stem.with_suffix(".pgm"), f"P5\n{w} {h}\n255\n".encode("ascii") + pix.tobytes())
+    x, y, yaw = grid.origin
+    text = (f"image: {pgm.name}\nmode: trinary\nresolution: {grid.resolution:.6g}\n"
+            f"origin: [{x:.6f}, {y:.6f}, {yaw:.6f}]\nnegate: 0\n"
+            f"occupied_thresh: {cfg.occupied_thresh:.6g}\nfree_thresh: {cfg.free_thresh:.6g}\n")
+    yml = write_text_atomic(stem.with_suffix(".yaml"), text)
+    return {"occupancy_image": pgm, "occupancy": yml}
+
+
+def read_pgm(path: Path) -> np.ndarray:
+    """A binary (P5, 8-bit) PGM image as a (rows, cols) uint8 array."""
+    from recon_ros.errors import DataFormatError
+
+    data = Path(path).read_bytes()
+    tokens, pos = [], 0
+    while len(tokens) < 4:
+        while pos < len(data) and data[pos:pos + 1].isspace():
+            pos += 1
+        if data[pos:pos + 1] == b"#":
+            pos = data.index(b"\n", pos) + 1
+            continue
+        end = pos
+        while end < len(data) and not data[end:end + 1].isspace():
+            end += 1
+        tokens.append(data[pos:end])
+        pos = end
+    if tokens[0] != b"P5" or int(tokens[3]) > 255:
+        raise DataFormatError(f"{path} is not an 8-bit binary PGM")
+    w, h = int(tokens[1]), int(tokens[2])
+    body = data[pos + 1:pos + 1 + w * h]
+    if len(body) != w * h:
+        raise DataFormatError(f"{path} is truncated")
+    return np.frombuffer(body, dtype=np.uint8).reshape(h, w)
 
 
 class ReconBagRecorder:
@@ -87,6 +161,8 @@ class ReconBagRecorder:
         w.add_topic(TOPICS["map_cloud"], "sensor_msgs/msg/PointCloud2", qos="latched")
         w.add_topic(TOPICS["pose"], "geometry_msgs/msg/PoseStamped")
         w.add_topic(TOPICS["path"], "nav_msgs/msg/Path", qos="latched")
+        w.add_topic(TOPICS["map_mesh"], "visualization_msgs/msg/Marker", qos="latched")
+        w.add_topic(TOPICS["occupancy"], "nav_msgs/msg/OccupancyGrid", qos="latched")
         w.add_topic("/tf", "tf2_msgs/msg/TFMessage")
         w.add_topic("/tf_static", "tf2_msgs/msg/TFMessage", qos="latched")
         if frame_clouds:
@@ -125,8 +201,9 @@ class ReconBagRecorder:
                                                           CAMERA_FRAME), stamp)
         self._last_stamp = stamp
 
-    def map(self, recon: Any, stamp_ns: Optional[int] = None) -> None:
-        """The fused map and the keyframe path at ``stamp_ns`` (default: the last estimate)."""
+    def map(self, recon: Any, stamp_ns: Optional[int] = None, products: bool = False) -> None:
+        """The fused map and the keyframe path at ``stamp_ns`` (default: the last estimate);
+        with ``products`` also the mesh and the occupancy grid."""
         from recon_ros.io.messages import make_path, make_pointcloud2
         stamp = int(stamp_ns if stamp_ns is not None else (self._last_stamp or 0))
         self._static(stamp)
@@ -136,3 +213,12 @@ class ReconBagRecorder:
                           make_pointcloud2(self.types, xyz, stamp, MAP_FRAME, colors=rgb, confidence=conf), stamp)
         poses = [(kf.stamp_ns, rigid_part(self.T_map_recon @ kf.T_world_cam)) for kf in recon.keyframes()]
         self.writer.write(TOPICS["path"], make_path(self.types, poses, MAP_FRAME, stamp), stamp)
+        if products:
+            from recon_ros.io.messages import make_mesh_marker, make_occupancy_grid
+            verts, faces, vrgb, _ = recon.surface.mesh()
+            verts = transform_points(self.T_map_recon, np.asarray(verts, dtype=np.float32))
+            self.writer.write(TOPICS["map_mesh"], make_mesh_marker(self.types, verts, faces, stamp, MAP_FRAME,
+                                                                   colors=vrgb), stamp)
+            grid = map_occupancy(recon, self.T_map_recon)
+            self.writer.write(TOPICS["occupancy"], make_occupancy_grid(self.types, grid.data, grid.resolution,
+                                                                       grid.origin, stamp, MAP_FRAME), stamp)

@@ -31,6 +31,7 @@ from recon_ros.mapping.frame import Frame, FrameEstimate, Keyframe
 from recon_ros.mapping.frontend import Frontend
 from recon_ros.mapping.keyframes import KeyframeSelector
 from recon_ros.mapping.scale import ScaleEstimator
+from recon_ros.mapping.surface_map import SurfaceMap, resolve_device
 from recon_ros.mapping.schema import MappingConfig
 from recon_ros.model.config import ModelConfig
 
@@ -117,6 +118,7 @@ class _TrajEntry:
     stamp_ns: int
     T_raw: np.ndarray  # frontend units
     anchor: Optional[int]  # keyframe id it was tracked after
+    s_built: float = 1.0  # scale it was fused into the surface map with
 
 
 class Reconstructor:
@@ -129,6 +131,8 @@ class Reconstructor:
         self.scaler = ScaleEstimator(self.cfg.scale)
         self.selector = KeyframeSelector(self.cfg.keyframe, depth_source=self._depth_source())
         self.map = KeyframeMap(self.cfg.map)
+        model_device = self.cfg.model.runtime.device if self.frontend.name == "spann3r" else None
+        self.surface = SurfaceMap(self.cfg.map, device=resolve_device(self.cfg.map.device, model_device))
         self._reset_state()
 
     # ------------------------------------------------------------------ state
@@ -153,6 +157,7 @@ class Reconstructor:
         self.scaler.reset()
         self.selector.reset()
         self.map.clear()
+        self.surface.clear()
         self._reset_state()
 
     @property
@@ -230,8 +235,11 @@ class Reconstructor:
                 result.new_keyframes.append(kf)
                 result.map_changed = True
                 anchor = kf.id
-            self._traj.append(_TrajEntry(est.stamp_ns, np.array(est.T_world_cam, dtype=np.float64), anchor))
-            result.estimates.append(scale_estimate(est, s))
+            self._traj.append(_TrajEntry(est.stamp_ns, np.array(est.T_world_cam, dtype=np.float64), anchor, s))
+            scaled = scale_estimate(est, s)
+            if est.tracking_ok and self.surface.integrate(scaled):
+                result.map_changed = True
+            result.estimates.append(scaled)
         return result
 
     def _drop_evicted(self) -> None:
@@ -260,6 +268,7 @@ class Reconstructor:
             changed = True
         if changed:
             log.info("scale estimate now %.4f m/unit: map re-anchored", s)
+            self._repose_surface()
         return changed
 
     # ------------------------------------------------------------------ corrections
@@ -292,7 +301,14 @@ class Reconstructor:
                 continue  # already there: no re-fusion
             self.map.set_pose(kf_id, T)
             moved += 1
+        if moved:
+            self._repose_surface()
         return moved
+
+    def _repose_surface(self) -> int:
+        """Move the fused frames of the surface map to their corrected poses."""
+        stored = self.surface.stored_poses()
+        return self.surface.repose({st: T for st, T in self._frame_poses(True) if st in stored})
 
     def replace_depth_at(self, stamp_ns: int, points_cam: np.ndarray) -> bool:
         """Swap in a refined pointmap for the keyframe stamped ``stamp_ns`` (the refiner node's
@@ -328,15 +344,21 @@ class Reconstructor:
         kf_stamps = {kf_id: kf.stamp_ns for kf_id, kf in self._keyframes.items()}
         anchors = sorted((kf_stamps[k], k) for k in kf_stamps if k in self._kf_raw)
         corrections = {k: self._correction(k) for _, k in anchors} if corrected else {}
+        return [(st, rigid_part(T)) for st, T in self._frame_poses(corrected)]
+
+    def _frame_poses(self, corrected: bool) -> list[tuple[int, np.ndarray]]:
+        """(stamp_ns, T_world_cam) of every processed frame as a Sim(3) that maps the frame's
+        fused depth (built at its scale) into the current world; see :meth:`trajectory`."""
+        kf_stamps = {kf_id: kf.stamp_ns for kf_id, kf in self._keyframes.items()}
+        anchors = sorted((kf_stamps[k], k) for k in kf_stamps if k in self._kf_raw)
+        corrections = {k: self._correction(k) for _, k in anchors} if corrected else {}
         out = []
         for e in self._traj:
-            if e.anchor is None or e.anchor not in self._kf_raw:
-                T = scale_pose(e.T_raw, self.scale)
-            else:
-                T = scale_pose(e.T_raw, self._kf_raw[e.anchor][2])
-                if corrected:
-                    T = self._interpolated_correction(e.stamp_ns, e.anchor, anchors, corrections) @ T
-            out.append((e.stamp_ns, rigid_part(T)))
+            applied = self.scale if (e.anchor is None or e.anchor not in self._kf_raw) else self._kf_raw[e.anchor][2]
+            T = make_T(np.eye(3), np.zeros(3), applied / e.s_built) @ scale_pose(e.T_raw, e.s_built)
+            if corrected and e.anchor is not None and e.anchor in self._kf_raw:
+                T = self._interpolated_correction(e.stamp_ns, e.anchor, anchors, corrections) @ T
+            out.append((e.stamp_ns, T))
         return out
 
     def _interpolated_correction(self, stamp_ns: int, anchor: int, anchors: list, corrections: dict) -> np.ndarray:
@@ -369,8 +391,10 @@ class Reconstructor:
         return out
 
     def fused_cloud(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The fused map: xyz (N,3) float32, rgb (N,3) uint8, confidence (N,) float32."""
-        return self.map.fused()
+        """The fused map (zero crossings of the TSDF volume): xyz (N,3) float32, rgb (N,3)
+        uint8, confidence (N,) float32 (the accumulated fusion weight)."""
+        xyz, _, rgb, weight = self.surface.points()
+        return xyz, rgb, weight
 
     def stats(self) -> dict:
         ms = self.map.stats()
@@ -378,9 +402,10 @@ class Reconstructor:
         out = {
             "frames": self._frames,
             "keyframes": ms.keyframes,
-            "map_points": int(len(self.map.fused()[0])),  # what the fused cloud holds (capped)
+            "map_points": self.surface.last_point_count,  # of the latest extracted surface
             "map_voxels": ms.voxels,
             "map_bytes": ms.bytes,
+            **{f"surface_{k}": v for k, v in dataclasses.asdict(self.surface.stats()).items()},
             "scale": self.scale,
             "scale_std": 0.0 if self.frontend.metric else float(sc.uncertainty),
             "scale_known": bool(self.frontend.metric or sc.known),

@@ -124,7 +124,7 @@ def run_replay(recon: Reconstructor, frames: Iterable[Any], out_dir: Path, *, to
                 bar.update(1)
                 if result.frames_in % 5 == 0:
                     st = recon.stats()
-                    bar.set_postfix(kf=st["keyframes"], pts=st["map_points"],
+                    bar.set_postfix(kf=st["keyframes"], blocks=st["surface_blocks"],
                                     fps=f"{result.frames_in / (time.perf_counter() - t0):.1f}")
         except KeyboardInterrupt:
             result.interrupted = True
@@ -133,7 +133,7 @@ def run_replay(recon: Reconstructor, frames: Iterable[Any], out_dir: Path, *, to
         result.seconds = time.perf_counter() - t0
         bar.close()
         if recorder is not None and result.estimates:
-            recorder.map(recon)
+            recorder.map(recon, products=True)
     finally:
         if writer is not None:
             if result.estimates:

@@ -13,6 +13,7 @@ from recon_ros.config import group, param
 
 FRONTENDS = ("spann3r", "rgbd")
 SCALE_MODES = ("none", "depth", "odometry", "fixed")
+NOISE_MODELS = ("quadratic", "linear", "constant")
 
 
 @dataclass
@@ -197,22 +198,77 @@ class KeyframeConfig:
 
 
 @dataclass
-class MapConfig:
-    """Keyframe-anchored fused point map."""
+class OccupancyConfig:
+    """The 2D occupancy grid (nav_msgs/OccupancyGrid, map_server files) cut from the volume."""
 
-    voxel_size_m: float = param(0.02, "voxel edge of the fused cloud (world units: metres once "
-                                "the scale is known)", min=1e-4, max=10.0)
+    min_height_m: float = param(0.1, "lowest height of the band that counts as an obstacle "
+                                "(metres above the floor, or above map z = 0 when floor_relative "
+                                "is off)", min=-100.0, max=100.0, dynamic=True)
+    max_height_m: float = param(1.5, "highest height of the band (the robot's height)",
+                                min=-100.0, max=100.0, dynamic=True)
+    floor_relative: bool = param(True, "measure heights from the floor plane found in the map "
+                                 "(the largest upward-facing surface, its tilt removed); "
+                                 "false: from map z = 0", dynamic=True)
+    resolution_m: float = param(0.0, "cell size (metres); 0 = the voxel size", min=0.0, max=10.0,
+                                dynamic=True)
+    occupied_thresh: float = param(0.65, "map_server: cells above this occupancy probability "
+                                   "are occupied", min=0.0, max=1.0)
+    free_thresh: float = param(0.25, "map_server: cells below this occupancy probability are "
+                               "free", min=0.0, max=1.0)
+
+
+@dataclass
+class MapConfig:
+    """The fused map: a sparse TSDF volume fed by every tracked frame, and the keyframe
+    point blocks that background refinement works on."""
+
+    voxel_size_m: float = param(0.02, "voxel edge of the TSDF volume and of the keyframe "
+                                "point cloud (world units: metres once the scale is known)",
+                                min=1e-4, max=10.0)
     min_confidence: float = param(1.0, "points below this confidence never enter the map "
                                   "(Spann3R confidences are >= 1; 1.5-3 removes its unreliable "
                                   "points)", min=0.0, max=1e6)
     block_voxel_fraction: float = param(0.5, "keyframe points are stored averaged on a grid of "
                                         "this fraction of the voxel size in keyframe "
                                         "coordinates (0 keeps every pixel)", min=0.0, max=1.0)
-    max_points: int = param(2_000_000, "the fused cloud keeps at most this many voxels (the "
+    max_points: int = param(2_000_000, "the keyframe point cloud (map_before.ply, refinement) "
+                            "keeps at most this many voxels (the "
                             "lowest-confidence ones are dropped)", min=1, max=1_000_000_000,
                             dynamic=True)
-    max_bytes: int = param(512 * 1024 * 1024, "memory of the stored map; above it the oldest "
-                           "keyframes leave the map", min=1024, max=1 << 40, dynamic=True)
+    max_bytes: int = param(512 * 1024 * 1024, "memory of the keyframe point blocks; above it "
+                           "the oldest keyframes leave them", min=1024, max=1 << 40, dynamic=True)
+    truncation_voxels: float = param(4.0, "TSDF truncation distance in voxels (the band "
+                                     "around the surface that a depth reading updates; at "
+                                     "least truncation_sigmas times the depth noise)",
+                                     min=1.0, max=100.0)
+    truncation_sigmas: float = param(3.0, "... or this many depth-noise standard deviations "
+                                     "at the reading's depth, whichever is larger",
+                                     min=0.0, max=100.0)
+    depth_noise_m: float = param(0.005, "depth noise std at 1 m (metres, frontend units before "
+                                 "a scale is known); sets the truncation and the weight "
+                                 "1 / std^2 of every reading", min=0.0, max=10.0)
+    depth_noise_model: str = param("quadratic", "how the depth noise grows with depth: "
+                                   "quadratic (structured light, stereo), linear (time of "
+                                   "flight, learned depth) or constant", choices=NOISE_MODELS)
+    min_weight: float = param(3.0, "a voxel enters the surface once this many readings "
+                              "(each counted by its confidence, at most 1) have updated it",
+                              min=0.0, max=1e6, dynamic=True)
+    fusion_max_width: int = param(320, "frames are fused at this width or less (depth "
+                                  "subsampled by an integer factor); 0 = full resolution",
+                                  min=0, max=8192)
+    device: str = param("auto", "torch device of the volume: auto (the model's for spann3r, "
+                        "cuda when available for rgbd), cpu, cuda, cuda:N")
+    max_memory_mib: float = param(1024.0, "memory of the TSDF volume (MiB); above it the least "
+                                  "recently seen blocks leave the live map (written to "
+                                  "evict_directory when set)", min=1.0, max=1e7, dynamic=True)
+    frame_store_mib: float = param(256.0, "memory for the frames kept to re-fuse them when "
+                                   "loop closure moves their keyframes (MiB); above it the "
+                                   "oldest frames are released and keep their fused pose",
+                                   min=0.0, max=1e7, dynamic=True)
+    evict_directory: str = param("", "folder where blocks that leave the live map are written "
+                                 "(blocks_<n>.npz); empty: they are dropped (still logged and "
+                                 "counted)", dynamic=True)
+    occupancy: OccupancyConfig = group(OccupancyConfig)
 
 
 @dataclass

@@ -1,0 +1,570 @@
+"""A sparse-block truncated signed-distance (TSDF) volume in torch.
+
+Voxels live in dense ``B^3`` blocks (``B = 8``) allocated only where depth was measured, so
+memory follows the observed surface, not the bounding box of the room. Blocks are found by
+their packed integer coordinates (a sorted key array searched with ``torch.searchsorted``).
+
+Integration is projective and voxel-centric (Curless & Levoy 1996; KinectFusion; Niessner et
+al. 2013 for the block hashing): every voxel of the blocks a frame can see is projected into
+the depth image; its signed distance to the measured surface along the viewing direction,
+``sdf = d(u, v) - z``, truncated to ``[-trunc, trunc]`` and divided by ``trunc``, enters a
+weighted running average with the pixel's weight. Voxels farther than ``trunc`` behind the
+surface are not updated (occluded). Voxels in front of the surface get the truncated value
+``+1`` whatever their distance: this is free-space carving. An object that moved away, or a
+flying pixel seen once, is later seen *through*; every such view pushes its voxels towards
+``+1`` and its surface evidence loses weight against the free-space evidence, so its zero
+crossing disappears. Carving reaches every allocated block in front of the measured surface
+(not only the blocks next to it), found by projecting all block centres.
+
+Every update is an addition of ``(w, w * tsdf, w * colour)``; a frame integrated with weight
+``-w`` is removed again (de-integration). The loop-closure code relies on this (see
+:mod:`recon_ros.mapping.surface_map`). Weights are never clamped, so removing a frame is
+exact up to floating point; a voxel whose weight falls to (near) zero is reset to empty.
+
+Why hand-written instead of Open3D's ``VoxelBlockGrid``: it runs on the model's torch device
+(CPU or CUDA) with no further dependency, supports de-integration and carving of free-space
+blocks, and is as fast on this project's benchmark (docs/mapping.md has the numbers).
+
+Surface products: zero-crossing points with TSDF-gradient normals and colours
+(:meth:`TSDFVolume.extract_points`) and a triangle mesh (:meth:`TSDFVolume.extract_mesh`,
+naive surface nets: one vertex per cell that the surface crosses, at the mean of its edge
+crossings, and two triangles per crossed voxel edge - no lookup tables, watertight across
+block borders).
+
+Every voxel also keeps an observation count (readings weighted by confidence up to 1). Only
+voxels whose count is at least ``min_weight`` take part in surface extraction (the
+minimum-weight rule): a surface seen once or twice, by noisy frames, is not emitted. The count
+is kept apart from the averaging weight because the noise-model weight of a far reading is
+tiny (1 / sigma^2): a rule on the summed weight would hide far walls seen many times.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+from recon_ros.geometry.transforms import sim3_decompose
+
+log = logging.getLogger(__name__)
+
+BLOCK = 8  # voxels per block edge
+VPB = BLOCK ** 3
+_BITS = 21
+_OFF = 1 << (_BITS - 1)
+_LIMIT = _OFF - 1
+_EMPTY_W = 1e-6  # weights below this count as "never observed"
+_ARRAYS = ("keys", "coords", "tsdf", "weight", "count", "color", "last_seen", "born")
+_TILE = 8  # occlusion culling: tile size (pixels) ...
+_DIL = 2  # ... and dilation (tiles)
+
+
+def pack_keys(ijk: torch.Tensor) -> torch.Tensor:
+    """int64 keys of integer coordinates (N, 3) in [-2^20, 2^20)."""
+    ijk = ijk.to(torch.int64) + _OFF
+    return (ijk[:, 0] << (2 * _BITS)) | (ijk[:, 1] << _BITS) | ijk[:, 2]
+
+
+def unpack_keys(keys: torch.Tensor) -> torch.Tensor:
+    mask = (1 << _BITS) - 1
+    return torch.stack([(keys >> (2 * _BITS)) & mask, (keys >> _BITS) & mask, keys & mask], 1) - _OFF
+
+
+@dataclass
+class VolumeStats:
+    blocks: int
+    voxels_observed: int
+    bytes: int
+
+
+class TSDFVolume:
+    """Sparse-block TSDF with colour (see the module docstring)."""
+
+    def __init__(self, voxel_size: float, device: str | torch.device = "cpu",
+                 min_weight: float = 2.0, initial_blocks: int = 1024) -> None:
+        if not voxel_size > 0:
+            raise ValueError(f"voxel size must be > 0, got {voxel_size}")
+        self.voxel = float(voxel_size)
+        self.device = torch.device(device)
+        self.min_weight = float(min_weight)
+        self._initial = max(16, int(initial_blocks))
+        self.clear()
+        lz, ly, lx = torch.meshgrid(*(torch.arange(BLOCK, device=self.device),) * 3, indexing="ij")
+        # local voxel offsets, x fastest: index = x + B*y + B*B*z
+        self._local = torch.stack([lx.reshape(-1), ly.reshape(-1), lz.reshape(-1)], 1)
+
+    # ------------------------------------------------------------------ storage
+    def clear(self) -> None:
+        cap, dev = self._initial, self.device
+        self.n = 0
+        self.keys = torch.empty(cap, dtype=torch.int64, device=dev)
+        self.coords = torch.empty((cap, 3), dtype=torch.int64, device=dev)
+        self.tsdf = torch.empty((cap, VPB), dtype=torch.float32, device=dev)
+        self.weight = torch.empty((cap, VPB), dtype=torch.float32, device=dev)
+        self.count = torch.empty((cap, VPB), dtype=torch.float32, device=dev)
+        self.color = torch.empty((cap, VPB, 3), dtype=torch.float32, device=dev)
+        self.last_seen = torch.empty(cap, dtype=torch.int64, device=dev)
+        self.born = torch.empty(cap, dtype=torch.int64, device=dev)
+        self._sorted: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+        self.tick = 0
+
+    @property
+    def nbytes(self) -> int:
+        """Memory of the allocated blocks (not of the spare capacity)."""
+        return int(self.n * (VPB * (4 + 4 + 4 + 12) + 8 * 6))
+
+    def stats(self) -> VolumeStats:
+        w = self.weight[:self.n]
+        return VolumeStats(blocks=self.n, voxels_observed=int((w > _EMPTY_W).sum()), bytes=self.nbytes)
+
+    def _grow(self, need: int) -> None:
+        cap = self.keys.shape[0]
+        if need <= cap:
+            return
+        new = max(need, cap * 2)
+        for name in _ARRAYS:
+            old = getattr(self, name)
+            buf = torch.empty((new,) + tuple(old.shape[1:]), dtype=old.dtype, device=self.device)
+            buf[:self.n] = old[:self.n]
+            setattr(self, name, buf)
+
+    def _index(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._sorted is None:
+            sk, order = torch.sort(self.keys[:self.n])
+            self._sorted = (sk, order)
+        return self._sorted
+
+    def lookup(self, keys: torch.Tensor) -> torch.Tensor:
+        """Block indices of ``keys`` (-1 where not allocated)."""
+        if self.n == 0 or keys.numel() == 0:
+            return torch.full(keys.shape, -1, dtype=torch.int64, device=self.device)
+        sk, order = self._index()
+        pos = torch.searchsorted(sk, keys).clamp_(max=self.n - 1)
+        hit = sk[pos] == keys
+        return torch.where(hit, order[pos], torch.full_like(pos, -1))
+
+    def allocate(self, block_ijk: torch.Tensor) -> torch.Tensor:
+        """Indices of the blocks at integer block coordinates (N, 3), allocating missing ones."""
+        ok = (block_ijk.abs() <= _LIMIT // BLOCK).all(1)
+        block_ijk = block_ijk[ok]
+        keys = torch.unique(pack_keys(block_ijk))
+        idx = self.lookup(keys)
+        new = keys[idx < 0]
+        if new.numel():
+            m = new.numel()
+            self._grow(self.n + m)
+            sl = slice(self.n, self.n + m)
+            self.keys[sl] = new
+            self.coords[sl] = unpack_keys(new)
+            self.tsdf[sl] = 1.0
+            self.weight[sl] = 0.0
+            self.count[sl] = 0.0
+            self.color[sl] = 0.0
+            self.last_seen[sl] = self.tick
+            self.born[sl] = self.tick
+            idx[idx < 0] = torch.arange(self.n, self.n + m, device=self.device)
+            self.n += m
+            self._sorted = None
+        return idx
+
+    def remove_blocks(self, idx: torch.Tensor) -> dict[str, np.ndarray]:
+        """Drop blocks (by index) and return their content as numpy arrays (for saving)."""
+        idx = torch.unique(idx.to(self.device))
+        out = {"coords": self.coords[idx].cpu().numpy(), "tsdf": self.tsdf[idx].cpu().numpy(),
+               "weight": self.weight[idx].cpu().numpy(), "count": self.count[idx].cpu().numpy(),
+               "color": self.color[idx].round().clamp(0, 255).to(torch.uint8).cpu().numpy(),
+               "voxel_size": np.float64(self.voxel), "block": np.int64(BLOCK)}
+        keep = torch.ones(self.n, dtype=torch.bool, device=self.device)
+        keep[idx] = False
+        kept = int(keep.sum())
+        for name in _ARRAYS:
+            arr = getattr(self, name)
+            arr[:kept] = arr[:self.n][keep].clone()
+        self.n = kept
+        self._sorted = None
+        return out
+
+    # ------------------------------------------------------------------ integration
+    def integrate(self, depth: torch.Tensor, K: np.ndarray, T_world_cam: np.ndarray,
+                  trunc: torch.Tensor | float, colors: Optional[torch.Tensor] = None,
+                  weights: Optional[torch.Tensor] = None, counts: Optional[torch.Tensor] = None,
+                  noise_power: float = 0.0, sign: float = 1.0, fused_at: Optional[int] = None,
+                  allocate: bool = True) -> int:
+        """Fuse one depth image (H, W metres in camera units, <= 0 invalid) seen from
+        ``T_world_cam`` (rigid or Sim(3): world = s R cam + t) with intrinsics ``K``.
+
+        ``trunc`` is the truncation distance in camera units, per pixel (H, W) or one value;
+        ``weights`` (H, W) are per-pixel confidences (0 = ignore); a reading updates a voxel at
+        depth z with weight ``confidence / min(z, d)^(2 * noise_power)``, the inverse variance of
+        a depth sensor whose noise grows as depth^noise_power, taken at the voxel (a free-space
+        update in front of a far reading is as certain as a reading at the voxel's depth, not
+        as uncertain as the far reading). ``counts`` (H, W)
+        what each reading adds to the observation count that the minimum-weight rule reads
+        (default 1), ``colors`` (H, W, 3) float.
+        ``sign=-1`` removes a frame integrated before with the same arguments; ``fused_at`` is
+        the tick that integration returned, so that blocks allocated after it (which never
+        received the frame) are left alone - removal is then exact.
+        Returns the volume's tick of this integration (the number of integrations so far).
+        """
+        dev = self.device
+        H, W = depth.shape
+        s, R, t = sim3_decompose(np.asarray(T_world_cam, dtype=np.float64))
+        if not torch.is_tensor(trunc):
+            trunc = torch.full_like(depth, float(trunc))
+        if weights is None:
+            weights = (depth > 0).to(torch.float32)
+        else:
+            weights = torch.where(depth > 0, weights, torch.zeros_like(weights))
+            depth = torch.where(weights > 0, depth, torch.zeros_like(depth))
+        Rt = torch.as_tensor(R, dtype=torch.float32, device=dev)
+        tt = torch.as_tensor(t, dtype=torch.float32, device=dev)
+        fx, fy, cx, cy = (float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2]))
+        vs = self.voxel
+        bs = vs * BLOCK
+        if sign > 0:
+            self.tick += 1
+            if allocate:
+                self._allocate_from_depth(depth, weights, trunc, fx, fy, cx, cy, s, Rt, tt)
+        if self.n == 0:
+            return self.tick
+        # --- blocks the frame can see: project every block centre (cheap: one point per block)
+        centre_w = (self.coords[:self.n].to(torch.float32) + 0.5) * bs
+        centre_c = ((centre_w - tt) @ Rt) / s
+        zc = centre_c[:, 2]
+        rad = bs * math.sqrt(3) / 2 / s
+        zsafe = zc.clamp(min=1e-6)
+        uc = fx * centre_c[:, 0] / zsafe + cx
+        vc = fy * centre_c[:, 1] / zsafe + cy
+        mu = fx * rad / zsafe
+        mv = fy * rad / zsafe
+        dmax = float(depth.max()) if depth.numel() else 0.0
+        trunc_max = float(trunc.max())
+        sel = ((zc + rad > 0) & (zc - rad < dmax + trunc_max) & (uc + mu >= 0) & (uc - mu <= W - 1)
+               & (vc + mv >= 0) & (vc - mv <= H - 1))
+        # occlusion culling: a block entirely farther than the deepest reading (plus the
+        # truncation) around its projection cannot be updated. The deepest reading comes from
+        # tiles of _TILE pixels dilated by _DIL tiles, so the test is exact for blocks whose
+        # projection is at most _TILE * _DIL pixels in radius; larger ones are always kept.
+        far = self._footprint_max(depth + trunc, uc, vc)
+        small = (mu <= _TILE * _DIL) & (mv <= _TILE * _DIL)
+        sel &= ~(small & (zc - rad > far))
+        if sign < 0 and fused_at is not None:
+            sel &= self.born[:self.n] <= fused_at
+        blocks = torch.nonzero(sel).reshape(-1)
+        if blocks.numel() == 0:
+            return self.tick
+        # --- every voxel of those blocks, in camera coordinates (block origin + local offset)
+        origin_c = ((self.coords[blocks].to(torch.float32) * bs - tt) @ Rt) / s  # (M, 3)
+        local_c = (((self._local.to(torch.float32) + 0.5) * vs) @ Rt) / s  # (512, 3)
+        # the hot loop, over every voxel of the visible blocks: in-place arithmetic, and
+        # index_select (much faster than advanced indexing on the CPU)
+        z = origin_c[:, None, 2] + local_c[None, :, 2]
+        iz = z.clamp(min=1e-6).reciprocal_()
+        u = (origin_c[:, None, 0] + local_c[None, :, 0]).mul_(iz).mul_(fx).add_(cx + 0.5).floor_()
+        v = (origin_c[:, None, 1] + local_c[None, :, 1]).mul_(iz).mul_(fy).add_(cy + 0.5).floor_()
+        ok = z > 1e-6
+        ok &= u >= 0
+        ok &= u < W
+        ok &= v >= 0
+        ok &= v < H
+        # the reading under every voxel (pixel 0 off the image; those are masked out)
+        pix_all = v.mul_(W).add_(u).masked_fill_(~ok, 0).view(-1).to(torch.int32)
+        zv = z.view(-1)
+        d_all = depth.view(-1).index_select(0, pix_all)
+        sdf_all = d_all - zv
+        keep = sdf_all >= -trunc.view(-1).index_select(0, pix_all)
+        keep &= ok.view(-1)
+        keep &= d_all > 0
+        k = torch.nonzero(keep).view(-1)
+        if k.numel() == 0:
+            return self.tick
+        pix = pix_all.index_select(0, k)
+        tsdf_i = sdf_all.index_select(0, k).div_(trunc.view(-1).index_select(0, pix)).clamp_(max=1.0)
+        wp = weights.view(-1).index_select(0, pix)
+        cp = counts.view(-1).index_select(0, pix) if counts is not None else torch.ones_like(wp)
+        if noise_power:
+            zz = torch.minimum(zv.index_select(0, k), d_all.index_select(0, k)).clamp_(min=1e-3)
+            wp = wp / zz.pow_(2.0 * noise_power)
+        flat = blocks.index_select(0, k >> 9).mul_(VPB).add_(k & (VPB - 1))
+        wflat = self.weight.view(-1)
+        tflat = self.tsdf.view(-1)
+        nflat = self.count.view(-1)
+        w_old = wflat.index_select(0, flat)
+        w_i = wp * sign
+        w_new = w_old + w_i
+        empty = w_new <= _EMPTY_W
+        denom = torch.where(empty, torch.ones_like(w_new), w_new)
+        t_new = (tflat.index_select(0, flat) * w_old + tsdf_i * w_i) / denom
+        tflat.index_copy_(0, flat, torch.where(empty, torch.ones_like(w_new), t_new))
+        wflat.index_copy_(0, flat, w_new.masked_fill_(empty, 0.0))
+        nflat.index_copy_(0, flat, (nflat.index_select(0, flat) + cp * sign).masked_fill_(empty, 0.0))
+        if colors is not None:
+            cflat = self.color.view(-1, 3)
+            c_i = colors.reshape(-1, 3).index_select(0, pix).to(torch.float32)
+            c_new = (cflat.index_select(0, flat) * w_old[:, None] + c_i * w_i[:, None]) / denom[:, None]
+            cflat.index_copy_(0, flat, c_new.masked_fill_(empty[:, None], 0.0))
+        if sign > 0:
+            self.last_seen[blocks] = self.tick
+        return self.tick
+
+    @staticmethod
+    def _footprint_max(img: torch.Tensor, uc: torch.Tensor, vc: torch.Tensor) -> torch.Tensor:
+        """Max of ``img`` over the tiles within _DIL tiles of each pixel (uc, vc)."""
+        H, W = img.shape
+        tiles = torch.nn.functional.max_pool2d(img[None, None], _TILE, ceil_mode=True)
+        tiles = torch.nn.functional.max_pool2d(tiles, 2 * _DIL + 1, stride=1, padding=_DIL)[0, 0]
+        ti = (vc / _TILE).floor().clamp(0, tiles.shape[0] - 1).to(torch.int64)
+        tj = (uc / _TILE).floor().clamp(0, tiles.shape[1] - 1).to(torch.int64)
+        return tiles[ti, tj]
+
+    def _allocate_from_depth(self, depth, weights, trunc, fx, fy, cx, cy, s, Rt, tt) -> None:
+        """Allocate the blocks within the truncation band around the measured surface."""
+        H, W = depth.shape
+        bs = self.voxel * BLOCK
+        # sample pixels so that neighbouring samples are at most a quarter block apart at the
+        # farthest depth (the band around each sample is walked in half-block steps)
+        dmax = float(depth.max()) if depth.numel() else 0.0
+        if dmax <= 0:
+            return
+        dmed = float(depth[depth > 0].median())
+        step = int(min(16, max(1, 0.5 * bs / s * fx / max(dmed, 1e-6))))
+        d = depth[::step, ::step]
+        w = weights[::step, ::step]
+        tr = trunc[::step, ::step]
+        vv, uu = torch.meshgrid(torch.arange(0, H, step, device=self.device, dtype=torch.float32),
+                                torch.arange(0, W, step, device=self.device, dtype=torch.float32),
+                                indexing="ij")
+        ok = (d > 0) & (w > 0)
+        d, uu, vv, tr = d[ok], uu[ok], vv[ok], tr[ok]
+        if d.numel() == 0:
+            return
+        rays = torch.stack([(uu - cx) / fx, (vv - cy) / fy, torch.ones_like(uu)], 1)  # z = 1
+        n = max(3, int(math.ceil(2 * float(tr.max()) * s / (0.5 * bs))) + 1)
+        offs = torch.linspace(-1.0, 1.0, n, device=self.device)
+        dd = (d[:, None] + offs[None, :] * tr[:, None]).clamp(min=1e-3)  # (P, n)
+        pc = rays[:, None, :] * dd[..., None]  # camera coordinates
+        pw = s * (pc.reshape(-1, 3) @ Rt.T) + tt
+        self.allocate(torch.floor(pw / bs).to(torch.int64))
+
+    # ------------------------------------------------------------------ surface
+    def _neighbours(self) -> torch.Tensor:
+        """(n, 3) block index of the +x, +y, +z neighbour of every block (-1 = none)."""
+        c = self.coords[:self.n]
+        out = []
+        for axis in range(3):
+            off = torch.zeros(3, dtype=torch.int64, device=self.device)
+            off[axis] = 1
+            out.append(self.lookup(pack_keys(c + off)))
+        return torch.stack(out, 1)
+
+    def _shifted(self, arr: torch.Tensor, nbr: torch.Tensor, axis: int, fill: float) -> torch.Tensor:
+        """``arr`` (n, 512, ...) of the voxel one step along +axis (from the neighbour block at
+        the block border; ``fill`` where there is none)."""
+        n = self.n
+        a = arr[:n].reshape((n, BLOCK, BLOCK, BLOCK) + tuple(arr.shape[2:]))  # z, y, x
+        dim = 3 - axis  # x -> dim 3, y -> dim 2, z -> dim 1
+        out = torch.empty_like(a)
+        body = [slice(None)] * a.dim()
+        body[dim] = slice(0, BLOCK - 1)
+        src = [slice(None)] * a.dim()
+        src[dim] = slice(1, BLOCK)
+        out[tuple(body)] = a[tuple(src)]
+        last = [slice(None)] * a.dim()
+        last[dim] = BLOCK - 1
+        first = [slice(None)] * a.dim()
+        first[dim] = 0
+        nb = nbr[:, axis]
+        has = nb >= 0
+        face = a[nb.clamp(min=0)][tuple(first)]
+        face[~has] = fill
+        out[tuple(last)] = face
+        return out.reshape(arr[:n].shape)
+
+    def voxel_centres(self) -> torch.Tensor:
+        """(n, 512, 3) world coordinates of every voxel centre of the allocated blocks."""
+        c = self.coords[:self.n].to(torch.float32) * BLOCK
+        return (c[:, None, :] + self._local[None].to(torch.float32) + 0.5) * self.voxel
+
+    def extract_points(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Zero crossings of the TSDF between neighbouring voxels (both at least ``min_weight``,
+        neither truncated): (xyz float32 (N, 3), normals float32 (N, 3), rgb uint8 (N, 3),
+        weight float32 (N,))."""
+        empty = (np.zeros((0, 3), np.float32), np.zeros((0, 3), np.float32),
+                 np.zeros((0, 3), np.uint8), np.zeros(0, np.float32))
+        if self.n == 0:
+            return empty
+        nbr = self._neighbours()
+        n = self.n
+        t0 = self.tsdf[:n]
+        w0 = self.count[:n]
+        good0 = (w0 >= self.min_weight) & (t0.abs() < 1.0)
+        grads = self._gradient(nbr)
+        centres = self.voxel_centres()
+        pts, nrm, col, wts = [], [], [], []
+        for axis in range(3):
+            t1 = self._shifted(self.tsdf, nbr, axis, 1.0)
+            w1 = self._shifted(self.count, nbr, axis, 0.0)
+            good = good0 & (w1 >= self.min_weight) & (t1.abs() < 1.0) & ((t0 > 0) != (t1 > 0))
+            idx = torch.nonzero(good.reshape(-1)).reshape(-1)
+            if idx.numel() == 0:
+                continue
+            a = t0.reshape(-1)[idx]
+            b = t1.reshape(-1)[idx]
+            f = (a / (a - b)).clamp(0.0, 1.0)
+            p = centres.reshape(-1, 3)[idx].clone()
+            p[:, axis] += f * self.voxel
+            g0 = grads.reshape(-1, 3)[idx]
+            g1 = self._shifted(grads, nbr, axis, 0.0).reshape(-1, 3)[idx]
+            g = g0 * (1 - f[:, None]) + g1 * f[:, None]
+            c0 = self.color[:n].reshape(-1, 3)[idx]
+            c1 = self._shifted(self.color, nbr, axis, 0.0).reshape(-1, 3)[idx]
+            pts.append(p)
+            nrm.append(g)
+            col.append(c0 * (1 - f[:, None]) + c1 * f[:, None])
+            wts.append(torch.minimum(w0.reshape(-1)[idx], w1.reshape(-1)[idx]))
+        if not pts:
+            return empty
+        p = torch.cat(pts)
+        g = torch.cat(nrm)
+        g = g / g.norm(dim=1, keepdim=True).clamp(min=1e-9)
+        c = torch.cat(col).round().clamp(0, 255).to(torch.uint8)
+        return (p.cpu().numpy().astype(np.float32), g.cpu().numpy().astype(np.float32),
+                c.cpu().numpy(), torch.cat(wts).cpu().numpy().astype(np.float32))
+
+    def _gradient(self, nbr: torch.Tensor) -> torch.Tensor:
+        """(n, 512, 3) forward-difference TSDF gradient (points out of the surface, towards
+        free space); zero where a neighbour is unobserved."""
+        n = self.n
+        t0 = self.tsdf[:n]
+        ok0 = self.weight[:n] > _EMPTY_W
+        g = []
+        for axis in range(3):
+            t1 = self._shifted(self.tsdf, nbr, axis, 1.0)
+            w1 = self._shifted(self.weight, nbr, axis, 0.0)
+            g.append(torch.where(ok0 & (w1 > _EMPTY_W), t1 - t0, torch.zeros_like(t0)))
+        return torch.stack(g, -1)
+
+    def extract_mesh(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Naive surface nets: (vertices float32 (V, 3), triangles int64 (F, 3), rgb uint8
+        (V, 3), normals float32 (V, 3)).
+
+        A cell is the cube between 8 voxel centres (voxel (i, j, k) and its +x/+y/+z
+        neighbours), all observed with at least ``min_weight``. A cell whose corners differ in
+        sign gets one vertex at the mean of the zero crossings along its 12 edges. Every voxel
+        edge with a sign change and four such cells around it gives one quad (two triangles),
+        wound so that the normal points to the positive (free) side.
+        """
+        empty = (np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64),
+                 np.zeros((0, 3), np.uint8), np.zeros((0, 3), np.float32))
+        if self.n == 0:
+            return empty
+        # gather the whole observed voxel set as flat arrays keyed by global voxel coords
+        n = self.n
+        w = self.count[:n].reshape(-1)
+        obs = torch.nonzero(w >= self.min_weight).reshape(-1)
+        if obs.numel() == 0:
+            return empty
+        vijk = (self.coords[:n][:, None, :] * BLOCK + self._local[None]).reshape(-1, 3)[obs]
+        vkey = pack_keys(vijk)
+        order = torch.argsort(vkey)
+        vkey, obs, vijk = vkey[order], obs[order], vijk[order]
+        tv = self.tsdf[:n].reshape(-1)[obs]
+        cv = self.color[:n].reshape(-1, 3)[obs]
+
+        def find(ijk: torch.Tensor) -> torch.Tensor:
+            k = pack_keys(ijk)
+            pos = torch.searchsorted(vkey, k).clamp_(max=vkey.numel() - 1)
+            return torch.where(vkey[pos] == k, pos, torch.full_like(pos, -1))
+
+        corners = torch.tensor([[0, 0, 0], [1, 0, 0], [0, 1, 0], [1, 1, 0],
+                                [0, 0, 1], [1, 0, 1], [0, 1, 1], [1, 1, 1]], device=self.device)
+        cidx = torch.stack([find(vijk + c) for c in corners], 1)  # (V, 8) cell corner voxels
+        full = (cidx >= 0).all(1)
+        ct = torch.where(cidx >= 0, tv[cidx.clamp(min=0)], torch.ones_like(cidx, dtype=torch.float32))
+        pos_ = ct > 0
+        crossed = full & pos_.any(1) & (~pos_).any(1)
+        cells = torch.nonzero(crossed).reshape(-1)
+        if cells.numel() == 0:
+            return empty
+        ct = ct[cells]
+        cid = cidx[cells]
+        edges = torch.tensor([[0, 1], [2, 3], [4, 5], [6, 7], [0, 2], [1, 3], [4, 6], [5, 7],
+                              [0, 4], [1, 5], [2, 6], [3, 7]], device=self.device)
+        ta, tb = ct[:, edges[:, 0]], ct[:, edges[:, 1]]
+        ecross = (ta > 0) != (tb > 0)
+        f = torch.where(ecross, ta / torch.where(ecross, ta - tb, torch.ones_like(ta)), torch.zeros_like(ta))
+        ca, cb = corners[edges[:, 0]].float(), corners[edges[:, 1]].float()
+        ep = ca[None] + f[..., None] * (cb - ca)[None]  # (C, 12, 3) local cell coords
+        cnt = ecross.sum(1, keepdim=True).clamp(min=1).float()
+        local = (ep * ecross[..., None]).sum(1) / cnt
+        verts = (vijk[cells].float() + 0.5 + local) * self.voxel
+        ccol = cv[cid]  # (C, 8, 3)
+        ea, eb = ccol[:, edges[:, 0]], ccol[:, edges[:, 1]]
+        ecol = ea + f[..., None] * (eb - ea)
+        vcol = (ecol * ecross[..., None]).sum(1) / cnt
+        # vertex normals: gradient of the trilinear TSDF at the cell centre
+        gx = (ct[:, [1, 3, 5, 7]] - ct[:, [0, 2, 4, 6]]).mean(1)
+        gy = (ct[:, [2, 3, 6, 7]] - ct[:, [0, 1, 4, 5]]).mean(1)
+        gz = (ct[:, [4, 5, 6, 7]] - ct[:, [0, 1, 2, 3]]).mean(1)
+        vnrm = torch.stack([gx, gy, gz], 1)
+        vnrm = vnrm / vnrm.norm(dim=1, keepdim=True).clamp(min=1e-9)
+        # cell lookup: cell id by its min-corner voxel key
+        ckey = vkey[cells]  # sorted because cells is increasing in the sorted voxel order
+
+        def cell_of(ijk: torch.Tensor) -> torch.Tensor:
+            k = pack_keys(ijk)
+            p = torch.searchsorted(ckey, k).clamp_(max=ckey.numel() - 1)
+            return torch.where(ckey[p] == k, p, torch.full_like(p, -1))
+
+        tris = []
+        # an edge from voxel v along axis a is shared by the 4 cells whose min corner is v minus
+        # 0/1 along each of the two other axes
+        for a in range(3):
+            b, c = (a + 1) % 3, (a + 2) % 3
+            e = torch.zeros(3, dtype=torch.int64, device=self.device)
+            e[a] = 1
+            j = find(vijk + e)
+            has = j >= 0
+            s0 = tv > 0
+            s1 = torch.where(has, tv[j.clamp(min=0)] > 0, s0)
+            ed = torch.nonzero(has & (s0 != s1)).reshape(-1)
+            if ed.numel() == 0:
+                continue
+            base = vijk[ed]
+            ob = torch.zeros(3, dtype=torch.int64, device=self.device)
+            ob[b] = 1
+            oc = torch.zeros(3, dtype=torch.int64, device=self.device)
+            oc[c] = 1
+            q = torch.stack([cell_of(base - ob - oc), cell_of(base - oc), cell_of(base),
+                             cell_of(base - ob)], 1)  # around the edge, counter-clockwise about +a
+            okq = (q >= 0).all(1)
+            q = q[okq]
+            inside_first = ~s0[ed][okq]  # the voxel at the edge start is inside (negative)
+            # quad (q0, q1, q2, q3) is counter-clockwise seen from +a; the normal must point
+            # to the positive side: along +a when the start voxel is negative
+            t1 = torch.stack([q[:, 0], q[:, 1], q[:, 2]], 1)
+            t2 = torch.stack([q[:, 0], q[:, 2], q[:, 3]], 1)
+            flip = ~inside_first
+            t1[flip] = t1[flip][:, [0, 2, 1]]
+            t2[flip] = t2[flip][:, [0, 2, 1]]
+            tris += [t1, t2]
+        if not tris:
+            return empty
+        faces = torch.cat(tris)
+        used, inv = torch.unique(faces, return_inverse=True)
+        return (verts[used].cpu().numpy().astype(np.float32), inv.reshape(-1, 3).cpu().numpy().astype(np.int64),
+                vcol[used].round().clamp(0, 255).to(torch.uint8).cpu().numpy(),
+                vnrm[used].cpu().numpy().astype(np.float32))
+
+    # ------------------------------------------------------------------ queries
+    def observed_voxels(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Centres (N, 3), TSDF (N,) and weight (N,) of the voxels with at least ``min_weight``."""
+        if self.n == 0:
+            return np.zeros((0, 3), np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32)
+        w = self.count[:self.n].reshape(-1)
+        idx = torch.nonzero(w >= self.min_weight).reshape(-1)
+        return (self.voxel_centres().reshape(-1, 3)[idx].cpu().numpy(),
+                self.tsdf[:self.n].reshape(-1)[idx].cpu().numpy(), w[idx].cpu().numpy())
