@@ -17,7 +17,7 @@ DEPENDENCY_KEYS = {
     "ament_index_python": "ament_index_python", "rcl_interfaces": "rcl_interfaces",
     "lifecycle_msgs": "lifecycle_msgs", "builtin_interfaces": "builtin_interfaces",
     "std_msgs": "std_msgs", "sensor_msgs": "sensor_msgs", "geometry_msgs": "geometry_msgs",
-    "nav_msgs": "nav_msgs", "std_srvs": "std_srvs", "tf2_msgs": "tf2_msgs", "tf2_ros": "tf2_ros_py",
+    "nav_msgs": "nav_msgs", "visualization_msgs": "visualization_msgs", "std_srvs": "std_srvs", "tf2_msgs": "tf2_msgs", "tf2_ros": "tf2_ros_py",
     "diagnostic_msgs": "diagnostic_msgs", "diagnostic_updater": "diagnostic_updater",
     "numpy": "python3-numpy", "scipy": "python3-scipy", "cv2": "python3-opencv", "yaml": "python3-yaml",
     "PIL": "python3-pil", "tqdm": "python3-tqdm", "matplotlib": "python3-matplotlib",

@@ -172,6 +172,11 @@ def test_rviz_config():
     assert path["Topic"]["Value"] == "/recon_node/path" and path["Topic"]["Durability Policy"] == "Transient Local"
     assert displays["Camera image"]["Topic"]["Reliability Policy"] == "Best Effort"  # camera drivers
     assert "rviz_default_plugins/TF" in {d["Class"] for d in vm["Displays"]}
+    mesh, grid = displays["Map mesh"], displays["Occupancy"]
+    assert mesh["Class"] == "rviz_default_plugins/Marker" and mesh["Topic"]["Value"] == "/recon_node/map_mesh"
+    assert grid["Class"] == "rviz_default_plugins/Map" and grid["Topic"]["Value"] == "/recon_node/occupancy"
+    for d in (mesh, grid):  # both are latched by the node: a volatile display would miss them
+        assert d["Topic"]["Durability Policy"] == "Transient Local" and d["Topic"]["Reliability Policy"] == "Reliable"
 
 
 def test_launch_parameter_overrides_exist_in_the_node_schema():

@@ -642,8 +642,10 @@ def test_lost_tracking_is_visible_not_hidden_behind_a_held_pose(ros):
     assert stamps == [stamp(0), stamp(1), stamp(4)]
     assert [M.stamp_to_ns(t.header.stamp) for t in node._tf_pub.sent] == stamps
     assert node.counters()["tracking_lost"] == 2
-    assert any("tracking lost (2 frame(s) in a row)" in m or "tracking lost (1 frame(s) in a row)" in m
+    assert any("tracking lost (2 frame(s) in a row: test double" in m or "tracking lost (1 frame(s) in a row: test double" in m
                for m in node.get_logger().messages("warning"))
+    states = [m.data for m in pub(node, "tracking_state").messages]
+    assert states == ["tracking", "lost", "tracking"], states
     assert any("recovered after 2 lost frame(s)" in m for m in node.get_logger().messages("info"))
     recon.lost = {stamp(5)}
     feed(node, stamp(5))
@@ -651,3 +653,60 @@ def test_lost_tracking_is_visible_not_hidden_behind_a_held_pose(ros):
     node.get_clock().set_ns(stamp(5) + 10_000_000)
     status = node._diag.force_update()[0]
     assert status.level == 1 and "tracking lost for 1 frame" in status.message, status.message
+
+
+def test_pauses_in_processing_reach_the_frontend(ros, tmp_path):
+    """A save, a refiner correction and a deactivate/activate each pause the worker; the core
+    hears of it (notify_gap) so the tracker re-initialises instead of failing frame after frame."""
+    from std_srvs.srv import Trigger
+
+    node, recon = start(ros, overrides={"save.directory": str(tmp_path)})
+    for i in range(3):
+        feed(node, stamp(i))
+        settle(node)
+    assert recon.gaps == 1  # the first frame after activation
+    assert node.services[f"{NS}/save_map"].call(Trigger.Request()).success
+    assert recon.gaps == 2
+    T_map_recon = make_T(R_BODY_OPTICAL, np.zeros(3))
+    node.subscriptions["/corrected_path"].callback(
+        M.make_path(T, [(stamp(0), T_map_recon @ camera_pose(0))], "map", stamp(2)))
+    settle(node)
+    assert recon.gaps == 3
+    assert node.trigger_deactivate() == 97 and node.trigger_activate() == 97
+    feed(node, stamp(3))
+    settle(node)
+    assert recon.gaps == 4
+    feed(node, stamp(4))
+    settle(node)
+    assert recon.gaps == 4  # steady frames are no gap
+
+
+def test_mesh_and_occupancy_are_published_latched_in_map(ros):
+    """~/map_mesh (Marker TRIANGLE_LIST) and ~/occupancy (OccupancyGrid) come from the core's
+    volume, transformed into ``map``, transient-local, at products_rate_hz."""
+    from rclpy.qos import QoSDurabilityPolicy
+
+    node, recon = start(ros, overrides={"publish.products_rate_hz": 5.0})
+    slow = [2_000_000_000 + i * 300_000_000 for i in range(3)]  # further apart than 1/rate
+    for s in slow:
+        feed(node, s)
+        settle(node)
+    mesh_pub, grid_pub = pub(node, "map_mesh"), pub(node, "occupancy")
+    assert mesh_pub.qos.durability == QoSDurabilityPolicy.TRANSIENT_LOCAL
+    assert grid_pub.qos.durability == QoSDurabilityPolicy.TRANSIENT_LOCAL
+    assert mesh_pub.messages and grid_pub.messages
+    marker = mesh_pub.messages[-1]
+    assert marker.type == 11 and marker.header.frame_id == "map"
+    verts, faces, _, _ = recon.mesh()
+    T_map_recon = make_T(R_BODY_OPTICAL, np.zeros(3))
+    want = (T_map_recon[:3, :3] @ verts[faces.reshape(-1)].T).T
+    got = np.array([[p.x, p.y, p.z] for p in marker.points])
+    assert got.shape == want.shape and np.allclose(got, want, atol=1e-5)
+    data, res, _ = M.occupancy_grid_to_numpy(grid_pub.messages[-1])
+    assert res == pytest.approx(0.1) and np.array_equal(data, recon.occupancy().data)
+    # the rate holds them back between frames that are closer than 1/rate
+    n = len(mesh_pub.messages)
+    assert n == 3
+    feed(node, slow[-1] + 33_000_000)
+    settle(node)
+    assert len(mesh_pub.messages) == n

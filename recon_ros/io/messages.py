@@ -728,7 +728,8 @@ def make_mesh_marker(types: MessageTypes, vertices: np.ndarray, faces: np.ndarra
                   lifetime=types["builtin_interfaces/msg/Duration"](sec=0, nanosec=0),
                   frame_locked=False, points=points, colors=cols, text="", mesh_resource="",
                   mesh_use_embedded_materials=False)
-    if types.numpy_arrays:  # rosbags classes need every field; rclpy fills the rest itself
+    if "mesh_file" in getattr(Marker, "__dataclass_fields__", {}):
+        # rosbags' (Jazzy) classes need every field; rclpy's fill the rest themselves
         kwargs.update(
             texture_resource="",
             texture=types["sensor_msgs/msg/CompressedImage"](

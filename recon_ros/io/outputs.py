@@ -70,7 +70,7 @@ def save_reconstruction(recon: Any, directory: Path, keyframes: bool = True) -> 
     directory.mkdir(parents=True, exist_ok=True)
     xyz, normals, rgb, weight = recon.surface.points()
     out = {"map": write_ply(directory / "map.ply", xyz, rgb, weight, normals=normals)}
-    verts, faces, vrgb, vnormals = recon.surface.mesh()
+    verts, faces, vrgb, vnormals = recon.mesh()
     out["mesh"] = write_ply(directory / "mesh.ply", verts, vrgb, faces=faces, normals=vnormals)
     grid = map_occupancy(recon)
     out.update(write_occupancy(directory / "occupancy", grid, recon.cfg.map.occupancy))
@@ -89,13 +89,7 @@ def save_reconstruction(recon: Any, directory: Path, keyframes: bool = True) -> 
 def map_occupancy(recon: Any, T_map_recon: Optional[np.ndarray] = None):
     """The occupancy grid of a reconstruction's surface in the z-up ``map`` frame
     (``T_map_recon`` defaults to the static optical -> z-up rotation)."""
-    from recon_ros.mapping.occupancy import occupancy_grid
-
-    T = map_from_optical() if T_map_recon is None else np.asarray(T_map_recon, dtype=np.float64)
-    xyz, normals, _, _ = recon.surface.points()
-    pts = transform_points(T, np.asarray(xyz, dtype=np.float64))
-    nrm = np.asarray(normals, dtype=np.float64) @ rigid_part(T)[:3, :3].T
-    return occupancy_grid(pts, nrm, recon.cfg.map.occupancy, recon.cfg.map.voxel_size_m)
+    return recon.occupancy(T_map_recon)
 
 
 def write_occupancy(stem: Path, grid: Any, cfg: Any) -> dict[str, Path]:
@@ -215,7 +209,7 @@ class ReconBagRecorder:
         self.writer.write(TOPICS["path"], make_path(self.types, poses, MAP_FRAME, stamp), stamp)
         if products:
             from recon_ros.io.messages import make_mesh_marker, make_occupancy_grid
-            verts, faces, vrgb, _ = recon.surface.mesh()
+            verts, faces, vrgb, _ = recon.mesh()
             verts = transform_points(self.T_map_recon, np.asarray(verts, dtype=np.float32))
             self.writer.write(TOPICS["map_mesh"], make_mesh_marker(self.types, verts, faces, stamp, MAP_FRAME,
                                                                    colors=vrgb), stamp)

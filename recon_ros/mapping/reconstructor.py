@@ -24,12 +24,14 @@ import numpy as np
 
 from recon_ros.config import group, param
 from recon_ros.errors import UserInputError
-from recon_ros.geometry.transforms import (invert_T, make_T, matrix_to_rotvec, rigid_part, rotvec_to_matrix,
+from recon_ros.geometry.transforms import (invert_T, make_T, map_from_optical, matrix_to_rotvec, rigid_part,
+                                          rotvec_to_matrix, transform_points,
                                           sim3_decompose)
 from recon_ros.mapping.fused_map import KeyframeMap
 from recon_ros.mapping.frame import Frame, FrameEstimate, Keyframe
 from recon_ros.mapping.frontend import Frontend
 from recon_ros.mapping.keyframes import KeyframeSelector
+from recon_ros.mapping.occupancy import occupancy_grid
 from recon_ros.mapping.scale import ScaleEstimator
 from recon_ros.mapping.surface_map import SurfaceMap, resolve_device
 from recon_ros.mapping.schema import MappingConfig
@@ -395,6 +397,20 @@ class Reconstructor:
         uint8, confidence (N,) float32 (the accumulated fusion weight)."""
         xyz, _, rgb, weight = self.surface.points()
         return xyz, rgb, weight
+
+    def mesh(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The triangle mesh of the volume in ``recon_world``: vertices (V,3), faces (F,3),
+        vertex colours (V,3) uint8, vertex normals (V,3)."""
+        return self.surface.mesh()
+
+    def occupancy(self, T_map_recon: Optional[np.ndarray] = None):
+        """The 2-D occupancy grid of the surface, cut from the height band of ``map.occupancy``
+        in the z-up ``map`` frame (``T_map_recon`` defaults to the static optical -> z-up rotation)."""
+        T = map_from_optical() if T_map_recon is None else np.asarray(T_map_recon, dtype=np.float64)
+        xyz, normals, _, _ = self.surface.points()
+        pts = transform_points(T, np.asarray(xyz, dtype=np.float64))
+        nrm = np.asarray(normals, dtype=np.float64) @ rigid_part(T)[:3, :3].T
+        return occupancy_grid(pts, nrm, self.cfg.map.occupancy, self.cfg.map.voxel_size_m)
 
     def stats(self) -> dict:
         ms = self.map.stats()

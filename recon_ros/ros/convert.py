@@ -125,3 +125,13 @@ def keyframe_cloud(t: MessageTypes, kf: Keyframe, frame_id: str) -> Any:
     xyz = np.asarray(kf.points_cam, dtype=np.float32).copy()
     xyz[~np.asarray(kf.valid, dtype=bool)] = np.nan
     return cloud(t, xyz, kf.colors, kf.confidence, kf.stamp_ns, frame_id)
+
+
+def mesh_marker(t: MessageTypes, verts: np.ndarray, faces: np.ndarray, colors: np.ndarray, stamp_ns: int,
+                frame_id: str) -> Any:
+    return M.make_mesh_marker(t, verts, faces, stamp_ns, frame_id, colors=colors)
+
+
+def occupancy_grid(t: MessageTypes, grid: Any, stamp_ns: int, frame_id: str) -> Any:
+    """nav_msgs/OccupancyGrid of a :class:`recon_ros.mapping.occupancy.OccupancyGrid`."""
+    return M.make_occupancy_grid(t, grid.data, grid.resolution, grid.origin, stamp_ns, frame_id)

@@ -37,13 +37,15 @@ import tf2_ros
 from diagnostic_msgs.msg import DiagnosticStatus
 from diagnostic_updater import DiagnosticStatusWrapper, Updater
 from geometry_msgs.msg import PoseStamped
-from nav_msgs.msg import Odometry, Path as PathMsg
+from nav_msgs.msg import OccupancyGrid, Odometry, Path as PathMsg
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
+from visualization_msgs.msg import Marker
 
 from recon_ros.errors import UserInputError
 from recon_ros.geometry.transforms import invert_T, transform_points
@@ -91,6 +93,8 @@ class _Outputs:
     path_dirty: bool = False
     map_dirty: bool = False
     last_map_pub_ns: int = 0
+    last_products_pub_ns: int = 0
+    products_dirty: bool = False
     odom_by_stamp: "collections.OrderedDict[int, np.ndarray]" = field(default_factory=collections.OrderedDict)
 
 
@@ -133,6 +137,10 @@ class ReconNode(LifecycleNode):
         self._in = _InputState()
         self._stats_snapshot: dict = {}  # written by the worker, read by diagnostics
         self._lost_streak = 0  # worker: frames in a row without a pose
+        self._tracking_state = ""  # worker: the last state published on ~/tracking_state
+        # set by activate (executor thread), taken by the worker before its next frame: the
+        # frontend then treats that frame as following a pause in processing
+        self._gap_pending = threading.Event()
         self._counts: collections.Counter = collections.Counter()
         self._count_lock = threading.Lock()
         self._active = False
@@ -257,6 +265,7 @@ class ReconNode(LifecycleNode):
         self._jumps.reset()
         self._last_match_ns = 0
         self._activated_ns = self._now_ns()
+        self._gap_pending.set()  # frames were not processed while inactive
         self._active = True
         f = self.ros.frames
         plan = rtf.plan_tf(f.map_frame, f.odom_frame, f.base_frame, "<camera frame of the images>")
@@ -365,6 +374,9 @@ class ReconNode(LifecycleNode):
             "pose": mk(PoseStamped, "~/pose", qos.stream(10)),
             "odom": mk(Odometry, "~/odom", qos.stream(10)),
             "path": mk(PathMsg, "~/path", qos.latched()),
+            "tracking_state": mk(String, "~/tracking_state", qos.latched()),
+            "map_mesh": mk(Marker, "~/map_mesh", qos.latched()),
+            "occupancy": mk(OccupancyGrid, "~/occupancy", qos.latched()),
             "depth": mk(Image, "~/depth", qos.best_effort()),
             "confidence": mk(Image, "~/confidence", qos.best_effort()),
         }
@@ -644,6 +656,9 @@ class ReconNode(LifecycleNode):
             while len(self._out.odom_by_stamp) > 64:
                 self._out.odom_by_stamp.popitem(last=False)
         self._out.camera_frame = frame.frame_id
+        if self._gap_pending.is_set():
+            self._gap_pending.clear()
+            self._recon.notify_gap()
         result = self._recon.process(frame)
         self._timings = dict(result.timings_ms)
         self._publish_result(result)
@@ -654,20 +669,32 @@ class ReconNode(LifecycleNode):
         if self._recon is not None:
             self._stats_snapshot = {**self._recon.stats(), "lost_streak": self._lost_streak}
 
+    def _note_tracking(self, result: Any) -> None:
+        """Count and log losses and publish ~/tracking_state (latched) when the state changes."""
+        if getattr(result, "skipped", None):
+            return  # a skipped frame says nothing about tracking
+        state = str(getattr(result, "tracking", "tracking"))
+        reason = str(getattr(result, "tracking_reason", ""))
+        if state == "lost":
+            self._lost_streak += 1
+            self._count("tracking_lost")
+            self.get_logger().warning(
+                f"tracking lost ({self._lost_streak} frame(s) in a row{': ' + reason if reason else ''}): no "
+                f"pose or TF published and nothing fused until the frontend finds the camera again",
+                throttle_duration_sec=THROTTLE_S)
+        elif self._lost_streak:
+            self.get_logger().info(f"tracking recovered after {self._lost_streak} lost frame(s) ({state})")
+            self._lost_streak = 0
+        if state != self._tracking_state:
+            self._tracking_state = state
+            self._pubs["tracking_state"].publish(String(data=state))
+
     def _publish_result(self, result: Any) -> None:
+        self._note_tracking(result)
         for est in result.estimates:
-            if not getattr(est, "tracking_ok", True):
-                # the frontend held its last pose: publishing it with a fresh stamp would hide the loss
-                self._lost_streak += 1
-                self._count("tracking_lost")
-                self.get_logger().warning(
-                    f"tracking lost ({self._lost_streak} frame(s) in a row): no pose or TF published until "
-                    f"the frontend finds the camera again", throttle_duration_sec=THROTTLE_S)
-                continue
-            if self._lost_streak:
-                self.get_logger().info(f"tracking recovered after {self._lost_streak} lost frame(s)")
-                self._lost_streak = 0
-            self._publish_estimate(est, final=True)
+            # the core withholds lost frames; a held pose must never go out with a fresh stamp
+            if getattr(est, "tracking_ok", True):
+                self._publish_estimate(est, final=True)
         provisional = result.provisional
         if provisional is not None and self.ros.publish.provisional_pose and getattr(provisional, "tracking_ok", True):
             self._publish_estimate(provisional, final=False)
@@ -675,10 +702,11 @@ class ReconNode(LifecycleNode):
             self._publish_keyframes(result.new_keyframes)
             self._out.path_dirty = True
         if result.map_changed:
-            self._out.map_dirty = True
+            self._out.map_dirty = self._out.products_dirty = True
         if self._out.path_dirty:
             self._publish_path()
         self._maybe_publish_map()
+        self._maybe_publish_products()
 
     def _anchor(self) -> np.ndarray:
         """T_map_recon, fixed (and published as static TF) at the first estimate after a reset."""
@@ -769,12 +797,32 @@ class ReconNode(LifecycleNode):
         self._pubs["map_cloud"].publish(convert.cloud(self._msg, xyz, rgb, conf, now, self.ros.frames.map_frame))
         self._out.map_dirty = False
         self._out.last_map_pub_ns = now
+        if force:
+            self._maybe_publish_products(force=True)
+
+    def _maybe_publish_products(self, force: bool = False) -> None:
+        """~/map_mesh and ~/occupancy from the volume (worker thread: it owns the core)."""
+        rate = self.ros.publish.products_rate_hz
+        now = self._now_ns()
+        last = self._out.last_products_pub_ns
+        due = rate > 0 and (now - last >= 1e9 / rate or now < last)
+        if not (force or (self._out.products_dirty and due)) or self._recon is None or self._out.T_map_recon is None:
+            return
+        self._out.last_products_pub_ns = now
+        self._out.products_dirty = False
+        frame = self.ros.frames.map_frame
+        verts, faces, colors, _ = self._recon.mesh()
+        verts = transform_points(self._out.T_map_recon, np.asarray(verts, dtype=np.float32))
+        self._pubs["map_mesh"].publish(convert.mesh_marker(self._msg, verts, faces, colors, now, frame))
+        grid = self._recon.occupancy(self._out.T_map_recon)
+        self._pubs["occupancy"].publish(convert.occupancy_grid(self._msg, grid, now, frame))
 
     def _do_reset(self, reason: str) -> None:
         self._recon.reset()
         keep_mount = self._out.T_base_cam
         self._out = _Outputs(T_base_cam=keep_mount)
         self._lost_streak = 0
+        self._tracking_state = ""  # the next frame publishes its state again
         self._maybe_publish_map(force=True)  # an empty latched cloud clears RViz
         empty = convert.path(self._msg, [], self._now_ns(), self.ros.frames.map_frame)
         self._pubs["path"].publish(empty)
@@ -789,6 +837,7 @@ class ReconNode(LifecycleNode):
             return
         poses = {s: rtf.recon_from_map(self._out.T_map_recon, T) for s, T in poses_map.items()}
         n = self._recon.apply_corrections(poses)
+        self._recon.notify_gap()  # frames arriving meanwhile were dropped; the track may need to widen
         self._count("corrections_applied")
         self._refresh_stats()
         self.get_logger().info(f"re-anchored {n} keyframe(s) from the refiner's corrected path")
@@ -819,6 +868,8 @@ class ReconNode(LifecycleNode):
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
+        finally:
+            self._recon.notify_gap()  # frames arriving during the save were dropped
         return directory, sorted(Path(p).name for p in files.values()), n
 
     def _autosave(self) -> None:

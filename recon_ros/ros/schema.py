@@ -87,6 +87,11 @@ class PublishConfig:
 
     map_cloud_rate_hz: float = param(1.0, "largest rate of ~/map_cloud (reliable, transient-local); "
                                      "0: only on save/reset", min=0.0, max=30.0, dynamic=True)
+    products_rate_hz: float = param(0.1, "largest rate of ~/map_mesh (Marker TRIANGLE_LIST) and "
+                                    "~/occupancy (OccupancyGrid), both transient-local; they are "
+                                    "extracted from the volume on the worker thread (about a second "
+                                    "for a room), so keep it low; 0: only after a save or reset",
+                                    min=0.0, max=5.0, dynamic=True)
     frame_cloud: bool = param(True, "publish ~/frame_cloud (only built while someone subscribes)",
                               dynamic=True)
     frame_cloud_min_confidence: float = param(1.5, "confidence below which ~/frame_cloud drops points",

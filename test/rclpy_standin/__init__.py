@@ -21,7 +21,7 @@ from typing import Iterator
 MODULES = Path(__file__).resolve().parent / "modules"
 STANDIN_PACKAGES = ("rclpy", "rcl_interfaces", "tf2_ros", "diagnostic_updater", "std_srvs",
                     "sensor_msgs", "geometry_msgs", "nav_msgs", "std_msgs", "builtin_interfaces",
-                    "tf2_msgs", "diagnostic_msgs", "_rosbags_msgs", "launch", "launch_ros",
+                    "tf2_msgs", "diagnostic_msgs", "visualization_msgs", "_rosbags_msgs", "launch", "launch_ros",
                     "ament_index_python")
 # Modules that import the stand-in at module level and must be re-imported each time.
 DEPENDENT_PREFIXES = ("recon_ros.ros.recon_node", "recon_ros.ros.refiner_node", "recon_ros.ros.params",

@@ -25,6 +25,7 @@ from recon_ros.geometry.camera import PixelMap, make_K
 from recon_ros.geometry.transforms import make_T, transform_points
 from recon_ros.io.atomic import write_text_atomic
 from recon_ros.mapping.frame import Frame, FrameEstimate, Keyframe
+from recon_ros.mapping.occupancy import OccupancyGrid
 
 GRID_H, GRID_W = 4, 5
 
@@ -60,6 +61,9 @@ class FakeStepResult:
     new_keyframes: list
     map_changed: bool
     timings_ms: dict = field(default_factory=dict)
+    tracking: str = "tracking"  # as the core's StepResult: tracking / lost / relocalized
+    tracking_reason: str = ""
+    skipped: Optional[str] = None
 
 
 def camera_pose(i: int, step_m: float = 0.1) -> np.ndarray:
@@ -74,8 +78,8 @@ def grid_points_cam() -> np.ndarray:
 
 class FakeReconstructor:
     """Test double of the core Reconstructor. ``delay_s`` makes ``process`` slow like a GPU model;
-    frames whose stamps are in ``lost`` come back with ``tracking_ok=False`` (the pose not found:
-    the last good pose is held and nothing enters the map), as a real frontend reports it."""
+    frames whose stamps are in ``lost`` come back as the core reports a lost frame: state
+    ``lost``, no estimate, nothing entering the map. ``gaps`` counts ``notify_gap`` calls."""
 
     def __init__(self, cfg, delay_s: float = 0.0, keyframe_every: int = 2) -> None:
         self.cfg = cfg
@@ -85,6 +89,7 @@ class FakeReconstructor:
         self.processed: list[int] = []  # stamps, in processing order
         self.frames: list[Frame] = []
         self.resets = 0
+        self.gaps = 0
         self.corrections: list[dict] = []
         self.threads: set[str] = set()
         self._kfs: list[Keyframe] = []
@@ -103,13 +108,8 @@ class FakeReconstructor:
             time.sleep(self.delay_s)
         if frame.stamp_ns in self.lost:
             self.processed.append(frame.stamp_ns)
-            held = camera_pose(max(self._n - 1, 0))
-            est = FrameEstimate(stamp_ns=frame.stamp_ns, index=self._n, points=np.full((GRID_H, GRID_W, 3), np.nan),
-                                confidence=np.zeros((GRID_H, GRID_W), np.float32),
-                                colors=np.zeros((GRID_H, GRID_W, 3), np.uint8), T_world_cam=held,
-                                K_model=make_K(10.0, 10.0, 2.0, 1.5), pixel_map=PixelMap.identity(GRID_W, GRID_H),
-                                frame=frame, tracking_ok=False)
-            return FakeStepResult([est], None, [], False, {"total": 1.0})
+            return FakeStepResult([], None, [], False, {"total": 1.0}, tracking="lost",
+                                  tracking_reason="test double: frame marked lost")
         i = self._n
         self._n += 1
         self.processed.append(frame.stamp_ns)
@@ -133,6 +133,22 @@ class FakeReconstructor:
             self._front[kf.id] = T
             new.append(kf)
         return FakeStepResult([est], None, new, True, {"total": 1.0})
+
+    def notify_gap(self) -> None:
+        self.gaps += 1
+
+    def mesh(self):
+        """One triangle per fused frame's first three grid points."""
+        tris = [p[:3] for p in self._points]
+        verts = np.concatenate(tris).astype(np.float32) if tris else np.zeros((0, 3), np.float32)
+        faces = np.arange(len(verts), dtype=np.int64).reshape(-1, 3)
+        return verts, faces, np.full((len(verts), 3), 200, np.uint8), np.zeros_like(verts)
+
+    def occupancy(self, T_map_recon=None):
+        """A 2 x 3 grid with one occupied cell per fused frame (capped), origin at the map origin."""
+        data = np.zeros((2, 3), np.int8)
+        data.reshape(-1)[:min(len(self._points), 6)] = 100
+        return OccupancyGrid(data=data, resolution=0.1, origin=(0.0, 0.0, 0.0))
 
     def flush(self) -> FakeStepResult:
         return FakeStepResult([], None, [], False)

@@ -1,0 +1,1 @@
+"""Test double: message package backed by rosbags classes."""
