@@ -264,3 +264,24 @@ def test_occupancy_grid_marks_walls_in_the_band_and_free_floor():
     # a band above everything marks nothing occupied
     high = occupancy_grid(pts, nrm, OccupancyConfig(min_height_m=5.0, max_height_m=6.0), 0.04)
     assert not np.any(high.data == OCCUPIED)
+
+
+def test_far_and_huge_readings_stay_bounded():
+    """Readings past map.max_depth_m are not fused and the truncation band stops growing with the
+    noise model at truncation_max_voxels, so wild depth (an unscaled or untrained frontend) can
+    not allocate the whole space."""
+    near = np.full((H, W), 2.0, np.float32)
+    wild = near.copy()
+    wild[:, W // 2:] = 500.0  # beyond max_depth_m: ignored
+    m = SurfaceMap(_cfg(voxel_size_m=0.02, max_depth_m=8.0))
+    _fuse(m, wild, np.eye(4), 0)
+    xyz, _, _, _ = m.points()
+    assert len(xyz) > 100 and float(xyz[:, 2].max()) < 2.1
+    # readings at 7 m: quadratic noise would ask for a 0.74 m band (37 voxels); the cap is 16
+    capped = SurfaceMap(_cfg(voxel_size_m=0.02, truncation_max_voxels=16.0))
+    uncapped = SurfaceMap(_cfg(voxel_size_m=0.02, truncation_max_voxels=1000.0))
+    far = np.full((H, W), 7.0, np.float32)
+    _fuse(capped, far, np.eye(4), 0)
+    _fuse(uncapped, far, np.eye(4), 0)
+    band_blocks = lambda sm: sm.volume.stats().blocks  # noqa: E731
+    assert band_blocks(capped) < 0.6 * band_blocks(uncapped)

@@ -244,6 +244,11 @@ class MapConfig:
     truncation_sigmas: float = param(3.0, "... or this many depth-noise standard deviations "
                                      "at the reading's depth, whichever is larger",
                                      min=0.0, max=100.0)
+    truncation_max_voxels: float = param(16.0, "upper bound of the truncation distance in voxels "
+                                         "(far, noisy readings would otherwise sweep wide bands "
+                                         "of blocks)", min=1.0, max=1000.0)
+    max_depth_m: float = param(8.0, "readings farther than this (frontend units) are not fused "
+                               "(0: no limit)", min=0.0, max=1.0e6)
     depth_noise_m: float = param(0.005, "depth noise std at 1 m (metres, frontend units before "
                                  "a scale is known); sets the truncation and the weight "
                                  "1 / std^2 of every reading", min=0.0, max=10.0)

@@ -157,10 +157,14 @@ class SurfaceMap:
         cfg = self.config
         d = torch.as_tensor(np.asarray(depth, dtype=np.float32), device=self.device)
         c = torch.as_tensor(np.asarray(conf, dtype=np.float32), device=self.device)
+        if cfg.max_depth_m > 0:
+            d = torch.where(d <= cfg.max_depth_m, d, torch.zeros_like(d))
         sig = noise_std(d, cfg.depth_noise_m, cfg.depth_noise_model)
         valid = d > 0
         w = torch.where(valid, c, torch.zeros_like(c))
-        trunc = torch.clamp(cfg.truncation_sigmas * sig, min=cfg.truncation_voxels * self.voxel)
+        lo = cfg.truncation_voxels * self.voxel
+        hi = max(lo, cfg.truncation_max_voxels * self.voxel)
+        trunc = torch.clamp(cfg.truncation_sigmas * sig, min=lo, max=hi)
         col = torch.as_tensor(np.asarray(colors), device=self.device).to(torch.float32)
         n = torch.where(valid, c.clamp(max=1.0), torch.zeros_like(c))
         return d, col, w, n, trunc
