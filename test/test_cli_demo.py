@@ -42,7 +42,9 @@ def test_make_demo_short_run(tmp_path):
     assert tr["n_matched"] == 15 and tr["align"] == "se3"
     assert 0.5 < tr["gt_length_m"] < 0.8  # an eighth of the loop
     assert tr["ate_trans_m"]["rmse"] < 0.01 * tr["gt_length_m"]
-    assert surf["accuracy_mean_m"] < 0.025 and surf["completion_mean_m"] < 0.03  # 1 cm depth noise
+    # 1 cm depth noise; after 15 frames the minimum-readings rule still leaves the edges of the
+    # view out of the map, so completion is looser than accuracy
+    assert surf["accuracy_mean_m"] < 0.025 and surf["completion_mean_m"] < 0.06
     assert len(read_tum(out / "recon" / "trajectory.tum").stamps_ns) == 15
     assert len(read_ply(out / "recon" / "map.ply").points) > 10_000
     assert (out / "recon" / "recon_bag" / "metadata.yaml").is_file() and len(report["plots"]) >= 4
