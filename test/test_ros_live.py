@@ -271,7 +271,9 @@ def test_live_mapping_params_refiner_reset_and_ctrl_c(node, bag, tmp_path):
         TransformListener(tf_buffer, node)
 
         # mapping
-        assert spin_until(node, lambda: len(sizes) >= 2 and sizes[-1] > sizes[0] > 0, 120), \
+        # the volume emits a surface once voxels have enough readings: the first cloud may be empty
+        grew = lambda: len([s for s in sizes if s > 0]) >= 2 and sizes[-1] > min(s for s in sizes if s > 0)  # noqa: E731
+        assert spin_until(node, grew, 120), \
             f"map cloud did not grow: {sizes}\n{run.log()[-3000:]}"
         assert tf_buffer.can_transform("map", "camera_link", rclpy.time.Time()), "no TF map -> camera_link"
         # /diagnostics at its period (1 s of ROS time: sim time, the bag's clock, here)

@@ -620,13 +620,16 @@ def test_main_exits_cleanly_on_ctrl_c_with_a_complete_shutdown_save(ros, tmp_pat
 
 
 def test_lifecycle_shutdown_ends_the_process_loop(ros, tmp_path):
-    """After the lifecycle 'shutdown' transition the node asks main() to leave its loop."""
+    """After the lifecycle 'shutdown' transition the node asks main() to leave its loop; the
+    shutdown save happens there (finish), after the transition has answered."""
     node, recon = start(ros, overrides={"save.directory": str(tmp_path), "save.on_shutdown": True})
     feed(node, stamp(0))
     settle(node)
     assert not node.shutdown_requested.is_set()
     node.trigger_shutdown()
     assert node.state_label == "finalized" and node.shutdown_requested.is_set()
+    assert not node.subscriptions  # no more input after shutdown
+    node.finish()  # what main() does when its loop ends
     assert len(list(tmp_path.glob("map_*/map.ply"))) == 1
 
 

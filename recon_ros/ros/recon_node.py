@@ -295,8 +295,11 @@ class ReconNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: State) -> TransitionCallbackReturn:
-        self.finish()
-        self.shutdown_requested.set()  # finalized: main() leaves its loop and the process exits
+        # stop listening now and answer at once; main() leaves its loop and saves (finish())
+        # before the process exits, so a large map does not hold up the transition
+        self._active = False
+        self._destroy_inputs()
+        self.shutdown_requested.set()
         return TransitionCallbackReturn.SUCCESS
 
     def on_error(self, state: State) -> TransitionCallbackReturn:
