@@ -186,14 +186,20 @@ def test_database_keeps_at_most_max_keyframes(loop):
     assert len(db) == 0 and not db.relocalize(render(0)[0], K).success
 
 
-def test_alignment_with_disagreeing_intensities_fails(loop):
-    """Depth that fits but an image that does not (a wall aligned onto the wrong wall looks
-    like this): tracking fails on the intensity residual instead of accepting the pose."""
+def _tracking_without_relocalization(loop, n: int) -> RGBDFrontend:
+    """An rgbd frontend (relocalization off) that has tracked the first ``n`` frames."""
     cfg = _config()
     cfg.relocalization.enabled = False
     fe = RGBDFrontend(cfg)
-    for i in range(4):
+    for i in range(n):
         assert fe.step(_frame(loop, i, i * DT_NS))[0].tracking_ok
+    return fe
+
+
+def test_alignment_with_disagreeing_intensities_fails(loop):
+    """Depth that fits but an image that does not (a wall aligned onto the wrong wall looks
+    like this): tracking fails on the intensity residual instead of accepting the pose."""
+    fe = _tracking_without_relocalization(loop, 4)
     f = _frame(loop, 4, 4 * DT_NS)
     f.rgb = np.ascontiguousarray(255 - f.rgb[::-1])  # inverted, upside down
     e = fe.step(f)[0]
@@ -204,11 +210,7 @@ def test_alignment_with_disagreeing_intensities_fails(loop):
 
 
 def test_an_exposure_change_is_not_a_misalignment(loop):
-    cfg = _config()
-    cfg.relocalization.enabled = False
-    fe = RGBDFrontend(cfg)
-    for i in range(4):
-        assert fe.step(_frame(loop, i, i * DT_NS))[0].tracking_ok
+    fe = _tracking_without_relocalization(loop, 4)
     f = _frame(loop, 4, 4 * DT_NS)
     f.rgb = np.clip(f.rgb.astype(np.float32) * 0.6 + 5, 0, 255).astype(np.uint8)
     e = fe.step(f)[0]
