@@ -162,14 +162,15 @@ def test_frames_without_valid_depth_before_start_are_skipped(sequence):
     assert fe.stats()["frames"] == 0
 
 
-FREE_TEXT = {"map.device", "map.evict_directory"}
+FREE_TEXT = {"map.device", "map.evict_directory", "map.load_path"}
 
 
 def test_schema_round_trip_and_docs():
     cfg = from_dict(MappingConfig, {"frontend": {"name": "rgbd"}, "map": {"voxel_size_m": 0.05}})
     assert cfg.frontend.name == "rgbd" and cfg.map.voxel_size_m == 0.05
     specs = list(iter_params(MappingConfig))
-    assert {s.name.split(".")[0] for s in specs} == {"frontend", "tracking", "relocalization", "scale", "keyframe", "map"}
+    assert {s.name.split(".")[0] for s in specs} == {"mapping", "frontend", "tracking", "relocalization",
+                                                     "scale", "keyframe", "map"}
     # every parameter is documented; numbers carry a range, choices their list; free text is
     # for paths and device names only
     assert all(s.doc for s in specs)

@@ -14,11 +14,18 @@ sparse global alignment of the keyframes re-anchors the map, MVS refinement repl
 depth where it passes the checks, and transient points leave the map; trajectory_before.tum
 and map_before.ply keep the frontend-only results for comparison.
 
+Every output folder is also a saved map (keyframes/ and state/): --resume MAP_DIR continues
+it with a new recording (rgbd frontend; the first frames are relocalized in the saved map,
+then mapping goes on in its frame), and with --mapping.mode localization the saved map stays
+frozen and the recording is only located in it. The map folder itself is never written.
+
 examples:
   recon-ros replay scene.bag --frontend rgbd --out out/scene
   recon-ros replay scans/scene0000_00 --checkpoint spann3r.pth --device cuda --stride 5
   recon-ros replay scene.bag --config my.yaml --map.voxel_size_m 0.01
   recon-ros replay scene.bag --frontend rgbd --refine --schedule.align_period_s 2
+  recon-ros replay part2.bag --frontend rgbd --resume out/part1 --out out/both
+  recon-ros replay again.bag --frontend rgbd --resume out/both --mapping.mode localization
 """
 from __future__ import annotations
 
@@ -62,6 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--refine", action="store_true",
                         help="run global alignment, MVS refinement and transient removal periodically")
     parser.add_argument("--no-transients", action="store_true", help="with --refine: keep transient points")
+    parser.add_argument("--resume", metavar="MAP_DIR",
+                        help="continue the saved map in MAP_DIR (an earlier --out folder); "
+                             "shortcut for --map.load_path")
     add_cli_args(parser, ReconConfig)
     add_cli_args(parser, RefineArgs)
 
@@ -78,6 +88,8 @@ def build_config(args: argparse.Namespace):
         set_value(cfg, "model.checkpoint", args.checkpoint)
     if args.device:
         set_value(cfg, "model.runtime.device", args.device)
+    if args.resume:
+        set_value(cfg, "map.load_path", args.resume)
     return apply_cli_args(cfg, args)
 
 
@@ -117,6 +129,10 @@ def run(args: argparse.Namespace) -> int:
                                         transients=not args.no_transients)
     source = open_input(args, use_depth=not args.no_depth)
     out = Path(args.out) if args.out else Path("recon_out") / Path(args.input).resolve().name
+    if cfg.map.load_path and out.resolve() == Path(cfg.map.load_path).expanduser().resolve():
+        from recon_ros.errors import UserInputError
+        raise UserInputError(f"--out {out} is the map being loaded; write to another folder "
+                             "(the loaded map stays as it was saved)")
     with source:
         recon = Reconstructor(cfg)
         log.info("replaying %s with the %s frontend into %s", source.describe(), recon.frontend.name, out)

@@ -48,16 +48,46 @@ def _stack(poses: list) -> tuple[list[int], np.ndarray]:
 
 
 def save_keyframes(keyframes: list, directory: Path) -> Path:
-    """One ``<id>.npz`` per keyframe (rgb, points_cam, confidence, valid, K, K_image, pose,
-    stamp) in ``directory``, written as a whole (atomically)."""
+    """One ``<id>.npz`` per keyframe (rgb, points_cam, confidence, colors, valid, K, K_image,
+    pose, stamp, pixel map, depth source, mask) in ``directory``, written as a whole
+    (atomically). :func:`load_keyframes` reads them back."""
     with atomic_path(directory) as tmp:
         tmp.mkdir(parents=True)
         for kf in keyframes:
+            pm = kf.pixel_map
+            extra = {} if kf.mask is None else {"mask": kf.mask}
             np.savez_compressed(
                 tmp / f"{kf.id:06d}.npz", rgb=kf.rgb, points_cam=kf.points_cam,
                 confidence=kf.confidence, colors=kf.colors, valid=kf.valid, K=kf.K,
-                K_image=kf.K_image, T_world_cam=kf.T_world_cam, stamp_ns=np.int64(kf.stamp_ns))
+                K_image=kf.K_image, T_world_cam=kf.T_world_cam, stamp_ns=np.int64(kf.stamp_ns),
+                id=np.int64(kf.id), depth_source=np.str_(kf.depth_source),
+                pixel_map=np.array([pm.sx, pm.sy, pm.tx, pm.ty, *pm.image_size, *pm.model_size],
+                                   dtype=np.float64), **extra)
     return directory
+
+
+def load_keyframes(directory: Path) -> list:
+    """The keyframes :func:`save_keyframes` wrote, in id order. A file that is unreadable or
+    lacks a field raises :class:`~recon_ros.errors.DataFormatError` naming it."""
+    from recon_ros.errors import DataFormatError
+    from recon_ros.geometry.camera import PixelMap
+    from recon_ros.mapping.frame import Keyframe
+
+    out = []
+    for path in sorted(Path(directory).glob("*.npz")):
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                pm = z["pixel_map"].tolist()
+                out.append(Keyframe(
+                    id=int(z["id"]), stamp_ns=int(z["stamp_ns"]), rgb=z["rgb"], points_cam=z["points_cam"],
+                    confidence=z["confidence"], colors=z["colors"], K=z["K"], K_image=z["K_image"],
+                    pixel_map=PixelMap(pm[0], pm[1], pm[2], pm[3], (int(pm[4]), int(pm[5])),
+                                       (int(pm[6]), int(pm[7]))),
+                    T_world_cam=z["T_world_cam"], valid=z["valid"], depth_source=str(z["depth_source"]),
+                    mask=z["mask"] if "mask" in z.files else None))
+        except (OSError, ValueError, KeyError, IndexError) as exc:
+            raise DataFormatError(f"keyframe record {path} is unreadable ({exc})") from None
+    return sorted(out, key=lambda kf: kf.id)
 
 
 def save_reconstruction(recon: Any, directory: Path, keyframes: bool = True) -> dict[str, Path]:

@@ -39,6 +39,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
+
+from recon_ros.errors import UserInputError
 from recon_ros.mapping.frame import Frame, FrameEstimate
 
 TRACKING = "tracking"
@@ -108,6 +111,18 @@ class Frontend(ABC):
 
     def notify_gap(self) -> None:
         """Processing paused: do not predict the next frame from the motion before the pause."""
+
+    def export_map(self) -> Optional[dict[str, np.ndarray]]:
+        """What a saved map needs for this frontend to find itself in it again (arrays for
+        one ``.npz``), or None when the frontend cannot relocalize."""
+        return None
+
+    def adopt_map(self, arrays: dict[str, np.ndarray]) -> None:
+        """Start over inside a saved map (what :meth:`export_map` returned): the next frames
+        are relocalized in it instead of starting a new world."""
+        raise UserInputError(
+            f"the {self.name} frontend cannot relocalize in a saved map; continuing a map "
+            "(map.load_path, --resume) and localization mode need the rgbd frontend")
 
     @abstractmethod
     def reset(self) -> None:

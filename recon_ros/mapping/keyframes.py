@@ -139,6 +139,10 @@ class KeyframeSelector:
     def stats(self) -> dict:
         return dict(self._counts)
 
+    def continue_ids(self, next_id: int) -> None:
+        """Number new keyframes from ``next_id`` on (after the keyframes of a loaded map)."""
+        self._next_id = max(self._next_id, int(next_id))
+
     def consider(self, est: FrameEstimate, frame: Optional[Frame] = None,
                  scale: Optional[float] = None) -> Optional[Keyframe]:
         frame = frame if frame is not None else est.frame

@@ -23,7 +23,7 @@ from typing import Optional
 import numpy as np
 
 from recon_ros.config import group, param
-from recon_ros.errors import UserInputError
+from recon_ros.errors import DataFormatError, UserInputError
 from recon_ros.geometry.transforms import (invert_T, make_T, map_from_optical, matrix_to_rotvec, rigid_part,
                                           rotvec_to_matrix, transform_points,
                                           sim3_decompose)
@@ -50,6 +50,9 @@ class OutputConfig:
                                "(large); the fused map is always written")
     map_every_n: int = param(10, "write the fused map to the output bag every n frames "
                              "(and at the end)", min=1, max=100_000)
+    map_state: bool = param(True, "also save what continuing the map needs (state/: the TSDF "
+                            "volume and the relocalization database; with keyframes/ it makes "
+                            "the folder a map for --resume and map.load_path)")
 
 
 @dataclass
@@ -134,8 +137,14 @@ class Reconstructor:
         self.selector = KeyframeSelector(self.cfg.keyframe, depth_source=self._depth_source())
         self.map = KeyframeMap(self.cfg.map)
         model_device = self.cfg.model.runtime.device if self.frontend.name == "spann3r" else None
-        self.surface = SurfaceMap(self.cfg.map, device=resolve_device(self.cfg.map.device, model_device))
+        self._device = resolve_device(self.cfg.map.device, model_device)
+        self.surface = SurfaceMap(self.cfg.map, device=self._device)
         self._reset_state()
+        if self.localizing and not self.cfg.map.load_path:
+            raise UserInputError("localization mode needs a saved map to localize against: set "
+                                 "map.load_path (recon-ros replay --resume MAP_DIR)")
+        if self.cfg.map.load_path:
+            self.load_map(self.cfg.map.load_path)
 
     # ------------------------------------------------------------------ state
     def _depth_source(self) -> str:
@@ -152,6 +161,13 @@ class Reconstructor:
         self._frames = 0
         self._lost = 0
         self._last_ms: dict[str, float] = {}
+        self._first_own_id = 0  # keyframes below this id came with a loaded map
+        self.loaded_from: Optional[Path] = None
+
+    @property
+    def localizing(self) -> bool:
+        """Localization mode: the loaded map is frozen, frames are only located in it."""
+        return self.cfg.mapping.mode == "localization"
 
     def reset(self) -> None:
         """Forget everything: a new world starts with the next frame."""
@@ -161,6 +177,52 @@ class Reconstructor:
         self.map.clear()
         self.surface.clear()
         self._reset_state()
+        if self.cfg.map.load_path:
+            self.load_map(self.cfg.map.load_path)
+
+    # ------------------------------------------------------------------ saved maps
+    def load_map(self, path) -> None:
+        """Continue a saved map folder (see :mod:`recon_ros.mapping.saved_map`): its volume,
+        keyframes and relocalization database replace the current state, and the next
+        frames are relocalized in it. The folder is read and checked completely first; a bad
+        one raises a one-line DataFormatError and changes nothing."""
+        from recon_ros.mapping.saved_map import load_map
+
+        saved = load_map(Path(path))
+        if saved.frontend != self.frontend.name:
+            raise UserInputError(f"the map at {saved.path} was made by the {saved.frontend} frontend; "
+                                 f"run with --frontend {saved.frontend} (frontend.name) to continue it")
+        if not len(saved.relocalization.get("ids", ())):
+            raise DataFormatError(f"the map at {saved.path} has no relocalization database (made by "
+                                  f"the {saved.frontend} frontend or with relocalization disabled), "
+                                  "so it cannot be continued")
+        if not np.isclose(saved.voxel_size_m, self.cfg.map.voxel_size_m):
+            log.warning("the map at %s was fused with %.4g m voxels: using them instead of "
+                        "map.voxel_size_m %.4g", saved.path, saved.voxel_size_m, self.cfg.map.voxel_size_m)
+            self.cfg.map.voxel_size_m = saved.voxel_size_m
+        surface = SurfaceMap(self.cfg.map, device=self._device)
+        keyframe_map = KeyframeMap(self.cfg.map)
+        try:
+            surface.load_volume(saved.volume)
+            for kf in saved.keyframes:
+                keyframe_map.add_keyframe(kf)
+            self.frontend.adopt_map(saved.relocalization)
+        except (ValueError, KeyError) as exc:
+            raise DataFormatError(f"the map at {saved.path} is malformed ({exc})") from None
+        self.scaler.reset()
+        self.selector.reset()
+        self._reset_state()
+        self.surface, self.map = surface, keyframe_map
+        for kf in saved.keyframes:
+            if kf.id in self.map:
+                self._keyframes[kf.id] = kf
+                self._kf_raw[kf.id] = [np.array(kf.T_world_cam, dtype=np.float64), 1.0, 1.0]
+        self._first_own_id = max((kf.id for kf in saved.keyframes), default=-1) + 1
+        self.selector.continue_ids(self._first_own_id)
+        self.loaded_from = saved.path
+        log.info("loaded the map at %s: %d keyframes, %d volume blocks, %d relocalization "
+                 "keyframes (%s)", saved.path, len(saved.keyframes), self.surface.volume.n,
+                 len(saved.relocalization["ids"]), "localization only" if self.localizing else "mapping")
 
     @property
     def scale(self) -> float:
@@ -227,8 +289,10 @@ class Reconstructor:
                     result.map_changed = True
             s = self.scale
             anchor = self.selector_last_id()
+            if anchor is not None and anchor < self._first_own_id:
+                anchor = None  # a loaded keyframe: this run's frames follow its own keyframes
             known = None if (not self.frontend.metric and not self.scaler.state().known) else s
-            kf = self.selector.consider(est, est.frame, known)
+            kf = None if self.localizing else self.selector.consider(est, est.frame, known)
             if kf is not None:
                 self.map.add_keyframe(kf)
                 self._kf_raw[kf.id] = [np.array(est.T_world_cam, dtype=np.float64), s, s]
@@ -239,7 +303,7 @@ class Reconstructor:
                 anchor = kf.id
             self._traj.append(_TrajEntry(est.stamp_ns, np.array(est.T_world_cam, dtype=np.float64), anchor, s))
             scaled = scale_estimate(est, s)
-            if est.tracking_ok and self.surface.integrate(scaled):
+            if not self.localizing and self.surface.integrate(scaled):
                 result.map_changed = True
             result.estimates.append(scaled)
         return result
@@ -437,6 +501,18 @@ class Reconstructor:
         return out
 
     def save(self, directory) -> dict[str, Path]:
-        """Write map.ply, trajectory.tum, keyframes.tum (and keyframes/ when configured)."""
+        """Write map.ply, mesh.ply, the occupancy grid, trajectory.tum, keyframes.tum,
+        keyframes/ and state/ (as configured by ``output``); a folder with both keyframes/
+        and state/ can be continued (:meth:`load_map`)."""
         from recon_ros.io.outputs import save_reconstruction
-        return save_reconstruction(self, Path(directory), keyframes=self.cfg.output.keyframes)
+        from recon_ros.mapping.saved_map import save_map_state
+
+        directory = Path(directory)
+        out = save_reconstruction(self, directory, keyframes=self.cfg.output.keyframes)
+        if self.cfg.output.map_state:
+            reloc = self.frontend.export_map()
+            out["map_state"] = save_map_state(
+                directory, frontend=self.frontend.name, voxel_size_m=self.surface.voxel,
+                volume=self.surface.export_volume(), relocalization=reloc,
+                keyframe_ids=[kf.id for kf in self.keyframes()] if self.cfg.output.keyframes else [])
+        return out

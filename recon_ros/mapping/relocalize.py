@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 #: descriptors sampled for learning a vocabulary, in all (bounds the k-means cost)
 VOCABULARY_SAMPLE = 6_000
+#: the array fields of a :class:`DatabaseEntry`, as saved
+_ENTRY_ARRAYS = ("X_cam", "uv", "desc", "retrieval_desc")
 
 
 @dataclass
@@ -168,6 +170,10 @@ class KeyframeDatabase:
     def entry(self, kf_id: int) -> DatabaseEntry:
         return self._entries[kf_id]
 
+    def entries(self) -> list[DatabaseEntry]:
+        """Every entry, oldest first."""
+        return list(self._entries.values())
+
     def stats(self) -> dict:
         out: dict = {f"reloc_{k}": v for k, v in self._counts.items()}
         out["reloc_keyframes"] = len(self._entries)
@@ -215,6 +221,45 @@ class KeyframeDatabase:
                 self._counts["vocabularies"] += 1
                 log.debug("relocalization vocabulary learnt from %d keyframes", n)
         return self._bow
+
+    # ------------------------------------------------------------------ saving
+    def export_arrays(self) -> dict[str, np.ndarray]:
+        """The whole database as named arrays (for one ``.npz``; no pickled objects)."""
+        entries = list(self._entries.values())
+        out: dict[str, np.ndarray] = {
+            "ids": np.array([e.id for e in entries], np.int64),
+            "stamps": np.array([e.stamp_ns for e in entries], np.int64),
+            "poses": np.array([e.T_world_cam for e in entries], np.float64).reshape(-1, 4, 4)}
+        for e in entries:
+            for name in _ENTRY_ARRAYS:
+                out[f"{e.id}/{name}"] = getattr(e, name)
+            for name, value in e.payload.items():
+                out[f"{e.id}/payload/{name}"] = np.asarray(value)
+        return out
+
+    def restore(self, arrays: dict[str, np.ndarray]) -> None:
+        """Replace the content by what :meth:`export_arrays` wrote (checked first: a
+        malformed set raises ValueError and leaves the database as it was)."""
+        ids, stamps, poses = (np.asarray(arrays[k]) for k in ("ids", "stamps", "poses"))
+        if not (ids.ndim == 1 and stamps.shape == ids.shape and poses.shape == (len(ids), 4, 4)):
+            raise ValueError("relocalization database: ids, stamps and poses disagree")
+        entries = []
+        for i, kf_id in enumerate(ids.tolist()):
+            fields = {name: np.asarray(arrays[f"{kf_id}/{name}"]) for name in _ENTRY_ARRAYS}
+            n = len(fields["X_cam"])
+            if (fields["X_cam"].shape != (n, 3) or fields["uv"].shape != (n, 2)
+                    or fields["desc"].shape != (n, 128) or fields["retrieval_desc"].shape[1:] != (128,)):
+                raise ValueError(f"relocalization database: keyframe {kf_id} is malformed")
+            prefix = f"{kf_id}/payload/"
+            payload = {k[len(prefix):]: np.asarray(v) for k, v in arrays.items() if k.startswith(prefix)}
+            entries.append(DatabaseEntry(id=int(kf_id), stamp_ns=int(stamps[i]),
+                                         T_world_cam=np.array(poses[i], np.float64), payload=payload,
+                                         **fields))
+        self.reset()
+        for e in entries:
+            self._entries[e.id] = e
+            self._bytes += e.nbytes
+        self._vocabulary()
 
     # ------------------------------------------------------------------ querying
     def rank(self, feats: Features, k: int) -> list[tuple[int, float]]:

@@ -31,6 +31,7 @@ import dataclasses
 import logging
 import math
 import time
+from collections import OrderedDict
 from typing import Optional
 
 import numpy as np
@@ -85,7 +86,8 @@ class RGBDFrontend(Frontend):
 
     # -- Frontend interface ------------------------------------------------------------------
     def reset(self) -> None:
-        self._model: list[tuple[np.ndarray, list[PyramidLevel]]] = []
+        self._model: list[tuple[np.ndarray, list[PyramidLevel]]] = []  # what frames track against
+        self._own: list[tuple[np.ndarray, list[PyramidLevel]]] = []  # newest tracking keyframes
         self._T_last: Optional[np.ndarray] = None  # last good pose
         self._velocity = np.zeros(6)  # (translation, rotation vector) per second, last good step
         self._stamp_last: Optional[int] = None  # stamp of the last good frame
@@ -99,6 +101,29 @@ class RGBDFrontend(Frontend):
         self._time_s = 0.0
         self._next_kf = 0
         self.database.reset()
+        self._map_ids: frozenset[int] = frozenset()  # database keyframes of a loaded map
+        self._map_models: OrderedDict[int, tuple[np.ndarray, list[PyramidLevel]]] = OrderedDict()
+
+    @property
+    def frozen(self) -> bool:
+        """Localization mode: the database (the loaded map) takes no new keyframes."""
+        return self.config.mapping.mode == "localization"
+
+    def export_map(self) -> Optional[dict[str, np.ndarray]]:
+        return self.database.export_arrays()
+
+    def adopt_map(self, arrays: dict[str, np.ndarray]) -> None:
+        """Start over inside a saved map: its keyframes form the relocalization database, and
+        the first frames are relocalized in it (no new world at the first frame). Until one
+        is, frames are lost."""
+        database = KeyframeDatabase(self.config.relocalization)
+        database.restore(arrays)  # checked before anything changes
+        self.reset()
+        self.database = database
+        self._map_ids = frozenset(e.id for e in self.database.entries())
+        self._next_kf = max(self._map_ids, default=-1) + 1
+        self._status = TrackingStatus().lose("not yet located in the loaded map", 0)
+        self._status.lost_since_ns = None
 
     def notify_gap(self) -> None:
         self._gap_pending = True
@@ -150,6 +175,10 @@ class RGBDFrontend(Frontend):
         pyr = build_pyramid(depth, gray01(frame.rgb), np.asarray(frame.K, float), factor,
                             tc.pyramid_levels)
         gap = self._take_gap(frame.stamp_ns)
+        if self._T_last is None and self._map_ids:  # a loaded map: find the camera in it
+            if valid_frac < tc.min_valid_fraction:
+                return [self._fail(frame, depth, f"only {100 * valid_frac:.1f}% valid depth")]
+            return [self._recover(frame, depth, pyr, None)]
         if self._T_last is None:
             if valid_frac < tc.min_valid_fraction:
                 self._counts["skipped"] += 1
@@ -231,7 +260,9 @@ class RGBDFrontend(Frontend):
             if rel.success:
                 return self._relocalized(frame, depth, pyr, rel.T_world_cam, rel.reason, rel.entry)
             why.append(f"relocalization failed ({rel.reason}, {rel.ms:.0f} ms)")
-        if failure is None:
+        if failure is None and self._T_last is None:
+            failure = "not yet located in the loaded map"
+        elif failure is None:
             tc = self.config.tracking
             wide = self._widened()
             res = track(pyr, self._model, self._T_last, wide)
@@ -272,10 +303,13 @@ class RGBDFrontend(Frontend):
         lost_s = ((frame.stamp_ns - self._status.lost_since_ns) * 1e-9
                   if self._status.lost_since_ns is not None else 0.0)
         self._counts["relocalizations"] += 1
-        log.warning("rgbd: frame %d relocalized (%s) after %d lost frames / %.2f s",
-                    frame.index, how, self._status.lost_frames, lost_s)
+        if self._T_last is None:
+            log.info("rgbd: frame %d located in the loaded map (%s)", frame.index, how)
+        else:
+            log.warning("rgbd: frame %d relocalized (%s) after %d lost frames / %.2f s",
+                        frame.index, how, self._status.lost_frames, lost_s)
         if entry is not None:
-            self._model = [self._entry_model(entry)]
+            self._own = [self._entry_model(entry)]
         self._stamp_last = None  # no velocity from the held pose to this one
         self._velocity = np.zeros(6)
         self._accept(T, frame.stamp_ns)
@@ -306,7 +340,8 @@ class RGBDFrontend(Frontend):
         n = self._status.lost_frames
         if n <= 3 or n % 30 == 0:
             log.warning("rgbd: tracking lost on frame %d (%s); %d lost frames", frame.index, reason, n)
-        return self._estimate(frame, depth, self._T_last, False)
+        held = self._T_last if self._T_last is not None else np.eye(4)  # never located: no pose
+        return self._estimate(frame, depth, held, False)
 
     def _accept(self, T: np.ndarray, stamp_ns: int) -> None:
         if self._T_last is not None and self._stamp_last is not None:
@@ -326,16 +361,44 @@ class RGBDFrontend(Frontend):
         return self._T_last @ _motion(self._velocity * dt)
 
     def _add_model(self, T: np.ndarray, pyr: list[PyramidLevel], frame: Frame, depth: np.ndarray) -> None:
-        self._model.append((T.copy(), pyr))
+        """Take this frame as a tracking keyframe. The model is the newest of them, preceded by
+        the loaded map's keyframes that see the same part of the room (when a map was loaded),
+        so that frames are tracked against the saved map rather than drifting from it."""
+        tc = self.config.tracking
+        self._own.append((T.copy(), pyr))
         self._counts["model_keyframes_taken"] += 1
-        del self._model[:-self.config.tracking.model_keyframes]
-        if self.config.relocalization.enabled:
+        del self._own[:-tc.model_keyframes]
+        anchors = self._map_anchors(T, tc.model_keyframes - 1)
+        self._model = anchors + self._own[-max(1, tc.model_keyframes - len(anchors)):]
+        if self.config.relocalization.enabled and not self.frozen:
             lvl = pyr[0]
             payload = {"depth": np.ascontiguousarray(lvl.vertices[..., 2]),
                        "gray": np.rint(lvl.intensity * 255.0).astype(np.uint8), "K": lvl.K}
             self.database.add(self._next_kf, frame.stamp_ns, T, frame.rgb, depth,
                               np.asarray(frame.K, float), payload)
             self._next_kf += 1
+
+    def _map_anchors(self, T: np.ndarray, k: int) -> list[tuple[np.ndarray, list[PyramidLevel]]]:
+        """Up to ``k`` tracking models of loaded-map keyframes near pose ``T`` (closest first,
+        within ``relocalization.map_radius_m`` and ``map_angle_deg``)."""
+        rc = self.config.relocalization
+        if k <= 0 or not self._map_ids or rc.map_radius_m <= 0:
+            return []
+        near = []
+        for e in self.database.entries():
+            if e.id not in self._map_ids:
+                continue
+            dt, dr = pose_delta(e.T_world_cam, T)
+            if dt <= rc.map_radius_m and dr <= rc.map_angle_deg:
+                near.append((dt / rc.map_radius_m + dr / max(rc.map_angle_deg, 1e-6), e.id))
+        out = []
+        for _, kf_id in sorted(near)[:k]:
+            model = self._map_models.pop(kf_id, None) or self._entry_model(self.database.entry(kf_id))
+            self._map_models[kf_id] = model  # most recently used last
+            out.append(model)
+        while len(self._map_models) > 4 * max(1, k):
+            self._map_models.popitem(last=False)
+        return out
 
     def _estimate(self, frame: Frame, depth: np.ndarray, T: np.ndarray, ok: bool) -> FrameEstimate:
         H, W = depth.shape

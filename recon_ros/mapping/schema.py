@@ -14,6 +14,7 @@ from recon_ros.config import group, param
 FRONTENDS = ("spann3r", "rgbd")
 SCALE_MODES = ("none", "depth", "odometry", "fixed")
 NOISE_MODELS = ("quadratic", "linear", "constant")
+MAPPING_MODES = ("mapping", "localization")
 
 
 @dataclass
@@ -140,6 +141,11 @@ class RelocalizationConfig:
                                       min=2, max=10000)
     max_keyframes: int = param(1000, "keyframes kept in the database (about 0.2 MB each); "
                                "above it the oldest leave", min=1, max=1_000_000)
+    map_radius_m: float = param(0.5, "with a loaded map (map.load_path): the saved keyframes "
+                                "within this distance of the camera ...", min=0.0, max=100.0)
+    map_angle_deg: float = param(30.0, "... and this viewing angle join the tracking model, so "
+                                 "that new frames are tracked against the saved map "
+                                 "(0 radius: never)", min=0.0, max=180.0)
 
 
 @dataclass
@@ -273,13 +279,26 @@ class MapConfig:
     evict_directory: str = param("", "folder where blocks that leave the live map are written "
                                  "(blocks_<n>.npz); empty: they are dropped (still logged and "
                                  "counted)", dynamic=True)
+    load_path: str = param("", "a saved map folder (written by recon-ros replay or ~/save_map) "
+                           "to continue or to localize against; the first frames are "
+                           "relocalized in it (rgbd frontend); empty: start a new map")
     occupancy: OccupancyConfig = group(OccupancyConfig)
+
+
+@dataclass
+class ModeConfig:
+    """Mapping or localization against a loaded map."""
+
+    mode: str = param("mapping", "mapping: build (or continue) the map; localization: the map "
+                      "loaded from map.load_path stays frozen, frames are only located in it "
+                      "(poses, TF) and nothing is added", choices=MAPPING_MODES)
 
 
 @dataclass
 class MappingConfig:
     """The online mapper without ROS."""
 
+    mapping: ModeConfig = group(ModeConfig)
     frontend: FrontendConfig = group(FrontendConfig)
     tracking: TrackingConfig = group(TrackingConfig)
     relocalization: RelocalizationConfig = group(RelocalizationConfig)

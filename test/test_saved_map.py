@@ -1,0 +1,214 @@
+"""Saved maps: continue one with a new recording (map.load_path / --resume), localize in one
+without changing it (mapping.mode localization), and refuse corrupt or foreign folders.
+
+The scene is the analytic room of ``mapping_scene`` filmed along 1.5 turns of a loop. The
+first session maps frames 0-39; the second starts at frame 36, inside the mapped part, with
+a clock that starts elsewhere, so it must be found in the saved map before it can go on.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mapping_scene import BoxRoom, camera, loop_trajectory
+from recon_ros.cli import main as cli_main
+from recon_ros.errors import DataFormatError, UserInputError
+from recon_ros.mapping.frame import Frame
+from recon_ros.mapping.frontend import RELOCALIZED
+from recon_ros.mapping.reconstructor import ReconConfig, Reconstructor
+from recon_ros.mapping.saved_map import MAP_VERSION, load_map
+
+W, H = 320, 240
+N = 72  # 1.5 turns, 7.5 degrees per frame
+DT_NS = 33_333_333
+
+
+@pytest.fixture(scope="module")
+def loop():
+    room, K = BoxRoom(), camera(W, H)
+    poses = loop_trajectory(N, radius=0.5, turns=1.5)
+    cache: dict = {}
+
+    def render(i: int):
+        if i not in cache:
+            cache[i] = room.render(K, poses[i], W, H)
+        return cache[i]
+
+    return K, poses, render
+
+
+def _config(load_path: str = "", mode: str = "mapping") -> ReconConfig:
+    """rgbd at reduced tracking and fusion resolution (the tests need speed, not millimetres)."""
+    cfg = ReconConfig()
+    cfg.frontend.name = "rgbd"
+    cfg.tracking.max_width = 80
+    cfg.tracking.pyramid_levels = 3
+    cfg.map.voxel_size_m = 0.04
+    cfg.map.fusion_max_width = 160
+    cfg.map.load_path = load_path
+    cfg.mapping.mode = mode
+    return cfg
+
+
+def _run(recon: Reconstructor, loop, frames, t0_ns: int) -> list:
+    """(frame index, tracking state, pose or None) of every frame."""
+    K, _, render = loop
+    out = []
+    for n, i in enumerate(frames):
+        rgb, depth = render(i)
+        step = recon.process(Frame(stamp_ns=t0_ns + n * DT_NS, rgb=rgb, K=K, depth=depth, index=i))
+        out.append((i, step.tracking, step.estimates[0].T_world_cam if step.estimates else None))
+    return out
+
+
+def _max_error(loop, results) -> float:
+    """Largest camera position error in the first session's world (frame 0's camera)."""
+    poses = loop[1]
+    errs = [np.linalg.norm((poses[0] @ T)[:3, 3] - poses[i][:3, 3]) for i, _, T in results if T is not None]
+    return float(max(errs))
+
+
+def _digest(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def first_map(loop, tmp_path_factory):
+    """The first session's map folder (frames 0-39)."""
+    recon = Reconstructor(_config())
+    res = _run(recon, loop, range(0, 40), 0)
+    assert all(T is not None for _, _, T in res)
+    out = tmp_path_factory.mktemp("maps") / "first"
+    recon.save(out)
+    return out, recon.surface.volume.n, len(recon.keyframes())
+
+
+@pytest.mark.slow
+def test_resume_continues_the_saved_map(loop, first_map, tmp_path):
+    """The second session is located in the saved map at its first frame, tracks on in the
+    saved frame (error < 2 cm, as the first session), and its saved map holds both
+    sessions' keyframes; the loaded map folder is left as it was."""
+    folder, blocks, n_kf = first_map
+    before = _digest(folder)
+    recon = Reconstructor(_config(str(folder)))
+    assert recon.surface.volume.n == blocks and len(recon.keyframes()) == n_kf
+    res = _run(recon, loop, range(36, N), 10**12)
+    assert res[0][1] == RELOCALIZED
+    assert all(T is not None for _, _, T in res)
+    assert _max_error(loop, res) < 0.02
+    kfs = recon.keyframes()
+    assert len(kfs) > n_kf and len({kf.id for kf in kfs}) == len(kfs)  # ids continue
+    assert len(recon.trajectory()) == N - 36  # this session's frames
+    assert recon.surface.volume.n > blocks  # the second half-turn added surface
+    recon.save(tmp_path / "both")
+    again = load_map(tmp_path / "both")
+    assert len(again.keyframes) == len(kfs)
+    assert _digest(folder) == before
+
+
+@pytest.mark.slow
+def test_localization_mode_leaves_the_map_unchanged(loop, first_map):
+    """Localization: every frame is located (error < 2 cm), nothing enters the volume or the
+    keyframes, and the folder's files are byte-identical afterwards."""
+    folder, blocks, n_kf = first_map
+    before = _digest(folder)
+    recon = Reconstructor(_config(str(folder), mode="localization"))
+    volume = recon.surface.export_volume()
+    res = _run(recon, loop, range(10, 40), 5 * 10**12)
+    assert res[0][1] == RELOCALIZED
+    assert all(T is not None for _, _, T in res)
+    assert _max_error(loop, res) < 0.02
+    after = recon.surface.export_volume()
+    assert recon.surface.volume.n == blocks
+    assert all(np.array_equal(volume[k], after[k]) for k in ("coords", "tsdf", "weight", "color"))
+    assert len(recon.keyframes()) == n_kf
+    assert recon.frontend.stats()["reloc_keyframes"] == len(load_map(folder).relocalization["ids"])
+    assert _digest(folder) == before
+
+
+def test_localization_needs_a_map():
+    with pytest.raises(UserInputError, match="map.load_path"):
+        Reconstructor(_config(mode="localization"))
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    import shutil
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _corruptions(folder: Path):
+    """(name, edit) pairs that each spoil a copy of a map folder in one way."""
+    def version(p: Path):
+        mf = p / "state" / "manifest.json"
+        m = json.loads(mf.read_text())
+        m["version"] = MAP_VERSION + 1
+        mf.write_text(json.dumps(m))
+
+    def truncate(p: Path):
+        f = p / "state" / "volume.npz"
+        f.write_bytes(f.read_bytes()[:1000])
+
+    def flip(p: Path):
+        f = sorted((p / "keyframes").glob("*.npz"))[0]
+        b = bytearray(f.read_bytes())
+        b[len(b) // 2] ^= 0xFF
+        f.write_bytes(bytes(b))
+
+    def missing(p: Path):
+        (p / "state" / "relocalization.npz").unlink()
+
+    def foreign(p: Path):
+        (p / "state" / "manifest.json").write_text('{"format": "something else"}')
+
+    def no_state(p: Path):
+        import shutil
+        shutil.rmtree(p / "state")
+
+    return [("version", version, "format version"), ("truncated", truncate, "checksum"),
+            ("bit flip", flip, "checksum"), ("missing file", missing, "missing"),
+            ("foreign", foreign, "not a recon_ros map"), ("no state", no_state, "not a resumable")]
+
+
+def test_bad_map_folders_give_one_line_errors(first_map, tmp_path):
+    folder = first_map[0]
+    for name, edit, message in _corruptions(folder):
+        bad = _copy(folder, tmp_path / name.replace(" ", "_"))
+        edit(bad)
+        with pytest.raises(DataFormatError, match=message) as info:
+            Reconstructor(_config(str(bad)))
+        assert "\n" not in str(info.value), name
+
+
+def test_replay_resume_errors_exit_2_and_write_nothing(first_map, jazzy_bag, tmp_path, capsys):
+    """`recon-ros replay --resume` with a corrupt map or onto the map folder itself: one
+    line on stderr, exit status 2, no output folder, the map untouched."""
+    bad = _copy(first_map[0], tmp_path / "bad")
+    (bad / "state" / "volume.npz").write_bytes(b"not a zip")
+    before = _digest(bad)
+    out = tmp_path / "out"
+    code = cli_main(["replay", str(jazzy_bag), "--frontend", "rgbd", "--resume", str(bad),
+                     "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "corrupt" in err[0]
+    assert not out.exists()
+    code = cli_main(["replay", str(jazzy_bag), "--frontend", "rgbd", "--resume", str(bad),
+                     "--out", str(bad), "--no-progress"])
+    assert code == 2 and "is the map being loaded" in capsys.readouterr().err
+    assert _digest(bad) == before
+
+
+def test_spann3r_map_cannot_be_resumed_by_rgbd(first_map, tmp_path):
+    """A map made by another frontend names the frontend to use."""
+    other = _copy(first_map[0], tmp_path / "other")
+    mf = other / "state" / "manifest.json"
+    m = json.loads(mf.read_text())
+    m["frontend"] = "spann3r"
+    mf.write_text(json.dumps(m))
+    with pytest.raises(UserInputError, match="--frontend spann3r"):
+        Reconstructor(_config(str(other)))
