@@ -212,3 +212,33 @@ def test_spann3r_map_cannot_be_resumed_by_rgbd(first_map, tmp_path):
     mf.write_text(json.dumps(m))
     with pytest.raises(UserInputError, match="--frontend spann3r"):
         Reconstructor(_config(str(other)))
+
+
+def test_node_loads_the_map_on_configure(first_map, tmp_path):
+    """The node parameter map.load_path loads on configure (with the real core, behind the
+    rclpy stand-in); a corrupt map fails configure with a one-line error and the node stays
+    unconfigured."""
+    from rclpy_standin import installed
+
+    folder, blocks, _ = first_map
+    bad = _copy(folder, tmp_path / "bad")
+    (bad / "state" / "relocalization.npz").write_bytes(b"garbage")
+    with installed():
+        from rclpy.parameter import Parameter
+
+        import recon_ros.ros.recon_node as recon_node
+
+        def node_for(path: Path):
+            ov = {"frontend.name": "rgbd", "map.load_path": str(path), "mapping.mode": "localization",
+                  "map.voxel_size_m": 0.04, "save.on_shutdown": False}
+            return recon_node.ReconNode(parameter_overrides=[Parameter(name=k, value=v) for k, v in ov.items()])
+
+        node = node_for(folder)
+        assert node.trigger_configure() == 97  # success
+        assert node._recon.surface.volume.n == blocks and node._recon.localizing
+        node.trigger_cleanup()
+        node = node_for(bad)
+        assert node.trigger_configure() == 98  # failure
+        assert node.state_label == "unconfigured"
+        errors = [m for m in node.get_logger().messages("error") if "corrupt" in m]
+        assert len(errors) == 1 and "\n" not in errors[0]

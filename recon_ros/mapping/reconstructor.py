@@ -99,6 +99,15 @@ def scale_estimate(est: FrameEstimate, scale: float) -> FrameEstimate:
         frame=est.frame, tracking_ok=est.tracking_ok)
 
 
+def correct_estimate(est: FrameEstimate, C: Optional[np.ndarray]) -> FrameEstimate:
+    """A copy of an estimate moved by the Sim(3) ``C`` (points and pose; the depth along its
+    rays is unchanged); the estimate itself when ``C`` is None."""
+    if C is None:
+        return est
+    return dataclasses.replace(est, points=transform_points(C, est.points).astype(np.float32),
+                               T_world_cam=C @ np.asarray(est.T_world_cam, dtype=np.float64))
+
+
 def make_frontend(cfg: ReconConfig, model=None) -> Frontend:
     """Build the frontend that ``cfg.frontend.name`` names (loading Spann3R's weights)."""
     name = cfg.frontend.name
@@ -255,6 +264,9 @@ class Reconstructor:
         self._frames += 1
         t1 = time.perf_counter()
         result = self._consume(estimates)
+        if self.surface.pending:
+            self.surface.work(self._repose_budget())
+            result.map_changed = True
         status = self.frontend.status
         result.tracking, result.tracking_reason = status.state, status.reason
         t2 = time.perf_counter()
@@ -268,9 +280,13 @@ class Reconstructor:
         self.frontend.notify_gap()
 
     def flush(self) -> StepResult:
-        """End of stream: the estimates the frontend still holds."""
+        """End of stream: the estimates the frontend still holds (and every re-fusion still
+        queued after a correction)."""
         t0 = time.perf_counter()
         result = self._consume(self.frontend.flush())
+        if self.surface.pending:
+            self.surface.work()
+            result.map_changed = True
         result.timings_ms = {"total": (time.perf_counter() - t0) * 1e3}
         return result
 
@@ -301,8 +317,10 @@ class Reconstructor:
                 result.new_keyframes.append(kf)
                 result.map_changed = True
                 anchor = kf.id
-            self._traj.append(_TrajEntry(est.stamp_ns, np.array(est.T_world_cam, dtype=np.float64), anchor, s))
-            scaled = scale_estimate(est, s)
+            entry = _TrajEntry(est.stamp_ns, np.array(est.T_world_cam, dtype=np.float64), anchor, s)
+            self._traj.append(entry)
+            # in the corrected world: the refinement correction of its keyframe applies to it
+            scaled = correct_estimate(scale_estimate(est, s), self._live_correction(entry))
             if not self.localizing and self.surface.integrate(scaled):
                 result.map_changed = True
             result.estimates.append(scaled)
@@ -371,10 +389,16 @@ class Reconstructor:
             self._repose_surface()
         return moved
 
+    def _repose_budget(self) -> Optional[float]:
+        b = self.cfg.map.repose_budget_ms
+        return b if b > 0 else None
+
     def _repose_surface(self) -> int:
-        """Move the fused frames of the surface map to their corrected poses."""
+        """Move the fused frames of the surface map to their corrected poses (within the
+        re-fusion budget now, the rest after the next frames; see ``map.repose_budget_ms``)."""
         stored = self.surface.stored_poses()
-        return self.surface.repose({st: T for st, T in self._frame_poses(True) if st in stored})
+        return self.surface.repose({st: T for st, T in self._frame_poses(True) if st in stored},
+                                   budget_ms=self._repose_budget())
 
     def replace_depth_at(self, stamp_ns: int, points_cam: np.ndarray) -> bool:
         """Swap in a refined pointmap for the keyframe stamped ``stamp_ns`` (the refiner node's
@@ -407,25 +431,37 @@ class Reconstructor:
         each frame follows the refinement corrections of the keyframes around it, interpolated
         in time between the keyframe it was tracked after and the next one; without, these are
         the frontend's poses."""
-        kf_stamps = {kf_id: kf.stamp_ns for kf_id, kf in self._keyframes.items()}
-        anchors = sorted((kf_stamps[k], k) for k in kf_stamps if k in self._kf_raw)
-        corrections = {k: self._correction(k) for _, k in anchors} if corrected else {}
         return [(st, rigid_part(T)) for st, T in self._frame_poses(corrected)]
 
     def _frame_poses(self, corrected: bool) -> list[tuple[int, np.ndarray]]:
         """(stamp_ns, T_world_cam) of every processed frame as a Sim(3) that maps the frame's
         fused depth (built at its scale) into the current world; see :meth:`trajectory`."""
-        kf_stamps = {kf_id: kf.stamp_ns for kf_id, kf in self._keyframes.items()}
-        anchors = sorted((kf_stamps[k], k) for k in kf_stamps if k in self._kf_raw)
+        # this run's keyframes (a loaded map's come from another clock)
+        anchors = sorted((kf.stamp_ns, k) for k, kf in self._keyframes.items()
+                         if k in self._kf_raw and k >= self._first_own_id)
         corrections = {k: self._correction(k) for _, k in anchors} if corrected else {}
-        out = []
-        for e in self._traj:
-            applied = self.scale if (e.anchor is None or e.anchor not in self._kf_raw) else self._kf_raw[e.anchor][2]
-            T = make_T(np.eye(3), np.zeros(3), applied / e.s_built) @ scale_pose(e.T_raw, e.s_built)
-            if corrected and e.anchor is not None and e.anchor in self._kf_raw:
-                T = self._interpolated_correction(e.stamp_ns, e.anchor, anchors, corrections) @ T
-            out.append((e.stamp_ns, T))
-        return out
+        return [(e.stamp_ns, self._entry_pose(e, anchors, corrections, corrected)) for e in self._traj]
+
+    def _entry_pose(self, e: _TrajEntry, anchors: list, corrections: dict, corrected: bool) -> np.ndarray:
+        """One frame's pose (see :meth:`_frame_poses`); ``anchors`` (stamp, id) sorted by
+        stamp and their ``corrections``, for the interpolation between keyframes."""
+        applied = self.scale if (e.anchor is None or e.anchor not in self._kf_raw) else self._kf_raw[e.anchor][2]
+        T = make_T(np.eye(3), np.zeros(3), applied / e.s_built) @ scale_pose(e.T_raw, e.s_built)
+        if corrected and e.anchor is not None and e.anchor in self._kf_raw:
+            T = self._interpolated_correction(e.stamp_ns, e.anchor, anchors, corrections) @ T
+        return T
+
+    def _live_correction(self, e: _TrajEntry) -> Optional[np.ndarray]:
+        """The Sim(3) that takes the newest frame from the frontend's world into the corrected
+        one (None when there is nothing to correct). The frame is after every keyframe of its
+        run, so this is its keyframe's correction, as :meth:`_frame_poses` will give it."""
+        if e.anchor is None or e.anchor not in self._kf_raw:
+            return None
+        C = self._correction(e.anchor)
+        applied = self._kf_raw[e.anchor][2]
+        if applied != e.s_built:
+            C = C @ make_T(np.eye(3), np.zeros(3), applied / e.s_built)
+        return None if np.allclose(C, np.eye(4), rtol=0.0, atol=1e-12) else C
 
     def _interpolated_correction(self, stamp_ns: int, anchor: int, anchors: list, corrections: dict) -> np.ndarray:
         """The correction at ``stamp_ns``: the anchor keyframe's, blended towards the next
@@ -508,6 +544,7 @@ class Reconstructor:
         from recon_ros.mapping.saved_map import save_map_state
 
         directory = Path(directory)
+        self.surface.work()  # a saved map has every correction applied
         out = save_reconstruction(self, directory, keyframes=self.cfg.output.keyframes)
         if self.cfg.output.map_state:
             reloc = self.frontend.export_map()

@@ -276,6 +276,10 @@ class MapConfig:
                                    "loop closure moves their keyframes (MiB); above it the "
                                    "oldest frames are released and keep their fused pose",
                                    min=0.0, max=1e7, dynamic=True)
+    repose_budget_ms: float = param(40.0, "after a correction (loop closure, a new scale), "
+                                    "the moved frames are re-fused this many milliseconds per "
+                                    "processed frame, so that tracking never stalls; 0: all at "
+                                    "once", min=0.0, max=1e6, dynamic=True)
     evict_directory: str = param("", "folder where blocks that leave the live map are written "
                                  "(blocks_<n>.npz); empty: they are dropped (still logged and "
                                  "counted)", dynamic=True)

@@ -13,6 +13,8 @@ colours and weights, and the pose it was fused with) in a frame store bounded by
 the new poses of the frames; a frame whose pose changed is removed from the volume (fused
 again with negative weight, exact because every update is additive) and fused under its new
 pose. Only moved frames are touched. Frames released from the store keep their fused pose.
+Re-fusing can be spread over time: :meth:`repose` with a budget queues what it has no time
+for, and :meth:`work` continues it (the Reconstructor calls it after every frame).
 
 Bounded memory: when the volume exceeds ``map.max_memory_mib`` the least recently seen blocks
 leave it, are counted and logged, and are written to ``map.evict_directory`` when set.
@@ -82,6 +84,7 @@ class SurfaceStats:
     frames_stored: int
     frames_released: int  # left the frame store: can no longer be re-posed
     frames_reposed: int
+    frames_pending: int  # corrected, waiting to be re-posed
     blocks: int
     bytes: int
     evicted_blocks: int
@@ -138,6 +141,7 @@ class SurfaceMap:
 
     def _reset_counters(self) -> None:
         self._frames: OrderedDict[int, FusedFrame] = OrderedDict()
+        self._pending: OrderedDict[int, np.ndarray] = OrderedDict()  # stamp -> pose to re-fuse at
         self._store_bytes = 0
         self._fused = 0
         self._released = 0
@@ -226,11 +230,13 @@ class SurfaceMap:
         """Pose each stored frame was fused with, by stamp."""
         return {s: fr.T_world_cam for s, fr in self._frames.items()}
 
-    def repose(self, poses: dict[int, np.ndarray], tolerance_m: Optional[float] = None) -> int:
+    def repose(self, poses: dict[int, np.ndarray], tolerance_m: Optional[float] = None,
+               budget_ms: Optional[float] = None) -> int:
         """Move stored frames to new poses (by stamp): each frame whose pose moved by more than
         ``tolerance_m`` (default 5 % of a voxel) anywhere within its depth range is removed
-        and fused again. Returns how many frames moved."""
-        t0 = time.perf_counter()
+        and fused again. With ``budget_ms`` only that much time is spent now and the rest is
+        queued for :meth:`work` (so that a large correction does not stall the caller);
+        without, everything is done at once. Returns how many frames moved."""
         tolerance_m = 0.05 * self.voxel if tolerance_m is None else float(tolerance_m)
         moved = 0
         for stamp, T in poses.items():
@@ -239,17 +245,43 @@ class SurfaceMap:
                 continue
             T = np.asarray(T, dtype=np.float64)
             if _pose_change(fr.T_world_cam, T, float(fr.depth.max())) <= tolerance_m:
+                self._pending.pop(fr.stamp_ns, None)  # back where it is fused
                 continue
-            self._integrate(fr, fr.T_world_cam, -1.0)
-            self._integrate(fr, T, 1.0)
-            fr.T_world_cam = T.copy()
+            self._pending[fr.stamp_ns] = T.copy()
             moved += 1
         if moved:
-            self._reposed += moved
+            log.info("map: %d fused frames to re-pose (%d pending)", moved, len(self._pending))
+        self.work(budget_ms)
+        return moved
+
+    @property
+    def pending(self) -> int:
+        """Frames waiting to be re-posed (see :meth:`repose`)."""
+        return len(self._pending)
+
+    def work(self, budget_ms: Optional[float] = None) -> int:
+        """Re-pose queued frames, oldest correction first, until ``budget_ms`` is spent (at
+        least one frame; all of them when None). Returns how many were re-posed."""
+        t0 = time.perf_counter()
+        done = 0
+        while self._pending:
+            if budget_ms is not None and done and (time.perf_counter() - t0) * 1e3 >= budget_ms:
+                break
+            stamp, T = self._pending.popitem(last=False)
+            fr = self._frames.get(stamp)
+            if fr is None:
+                continue  # released from the store meanwhile: it keeps its fused pose
+            self._integrate(fr, fr.T_world_cam, -1.0)
+            self._integrate(fr, T, 1.0)
+            fr.T_world_cam = T
+            done += 1
+        if done:
+            self._reposed += done
             self._cache.clear()
             self._enforce_memory()
-            log.info("map: %d fused frames re-posed in %.0f ms", moved, (time.perf_counter() - t0) * 1e3)
-        return moved
+            log.debug("map: %d frames re-posed in %.0f ms (%d pending)", done,
+                      (time.perf_counter() - t0) * 1e3, len(self._pending))
+        return done
 
     # ------------------------------------------------------------------ memory
     def _enforce_memory(self) -> None:
@@ -330,6 +362,7 @@ class SurfaceMap:
     def stats(self) -> SurfaceStats:
         return SurfaceStats(frames_fused=self._fused, frames_stored=len(self._frames),
                             frames_released=self._released, frames_reposed=self._reposed,
+                            frames_pending=len(self._pending),
                             blocks=self.volume.n, bytes=self.volume.nbytes + self._store_bytes,
                             evicted_blocks=self._evicted, last_fusion_ms=self._last_ms)
 
