@@ -127,3 +127,34 @@ def test_replay_with_refinement_writes_before_and_after(synth_bag, tmp_path):
     assert len(read_ply(out / "map_before.ply").points) > 0
     runs = json.loads((out / "summary.json").read_text())["refinement"]
     assert {r["stage"] for r in runs} == {"align", "refine"}
+
+
+@pytest.mark.slow
+def test_replay_resume_continues_and_localizes(tmp_path):
+    """`replay --resume` (the frontend taken from the map) relocalizes the first frame in the
+    saved map; with --mapping.mode localization the map folder stays byte-identical."""
+    import hashlib
+    import json
+
+    bag = tmp_path / "scene"
+    assert main(["-q", "synth", str(bag), "--no-progress", "--synth.width", "320", "--synth.height", "240",
+                 "--synth.n_frames", "16", "--synth.loops", "0.1", "--gt-spacing", "0.1"]) == 0
+    first = tmp_path / "first"
+    assert main(["-q", "replay", str(bag), "--frontend", "rgbd", "--out", str(first), "--no-progress",
+                 "--no-bag", "--max-frames", "10"]) == 0
+    assert (first / "state" / "manifest.json").is_file()
+
+    def digest(folder):
+        return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    before = digest(first)
+    for mode, out in (("mapping", tmp_path / "both"), ("localization", tmp_path / "loc")):
+        assert main(["-q", "replay", str(bag), "--resume", str(first), "--out", str(out), "--no-progress",
+                     "--no-bag", "--mapping.mode", mode]) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["tracking"]["frames"].get("relocalized", 0) >= 1, summary["tracking"]
+        assert summary["tracking"]["frames"].get("lost", 0) == 0
+        assert summary["reconstructor"]["frontend_relocalizations"] >= 1
+    assert digest(first) == before
+    assert json.loads((tmp_path / "loc" / "summary.json").read_text())["reconstructor"]["keyframes"] == \
+        json.loads((first / "summary.json").read_text())["reconstructor"]["keyframes"]

@@ -192,7 +192,7 @@ def test_replay_resume_errors_exit_2_and_write_nothing(first_map, jazzy_bag, tmp
     (bad / "state" / "volume.npz").write_bytes(b"not a zip")
     before = _digest(bad)
     out = tmp_path / "out"
-    code = cli_main(["replay", str(jazzy_bag), "--frontend", "rgbd", "--resume", str(bad),
+    code = cli_main(["replay", str(jazzy_bag), "--resume", str(bad),  # frontend from the map
                      "--out", str(out), "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "corrupt" in err[0]

@@ -90,7 +90,12 @@ def build_config(args: argparse.Namespace):
         set_value(cfg, "model.runtime.device", args.device)
     if args.resume:
         set_value(cfg, "map.load_path", args.resume)
-    return apply_cli_args(cfg, args)
+    cfg = apply_cli_args(cfg, args)
+    if cfg.map.load_path and not args.frontend and cfg.frontend.name == "spann3r":
+        # spann3r cannot continue a map: take the frontend that made it
+        from recon_ros.mapping.saved_map import read_manifest
+        set_value(cfg, "frontend.name", str(read_manifest(Path(cfg.map.load_path).expanduser())["frontend"]))
+    return cfg
 
 
 def open_input(args: argparse.Namespace, use_depth: bool):
