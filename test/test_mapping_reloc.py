@@ -303,3 +303,42 @@ def test_retrieval_ranks_the_revisited_keyframe_first(loop):
         medians.append(np.median(list(scores.values())))
     assert hits1 >= 0.6 * len(queries) and hits3 >= 0.85 * len(queries), (hits1, hits3)
     assert np.mean(true_scores) > 0.4 and abs(np.mean(medians)) < 0.15, (true_scores, medians)
+
+
+@pytest.mark.slow
+def test_long_loss_starts_a_segment_that_joins_the_map_later(loop):
+    """Kidnapped to a part of the room never seen, the camera cannot be relocalized; after
+    relocalization.new_segment_after_s a new segment starts at the last good pose (a wrong
+    guess) and mapping goes on. When the segment comes back to the first turn's views, one of
+    its keyframes is relocalized in segment 0, and its frames and keyframes move to where
+    they belong: the whole trajectory ends within 2 cm of the truth."""
+    cfg = ReconConfig()
+    cfg.frontend.name = "rgbd"
+    cfg.tracking.max_width = 80
+    cfg.tracking.pyramid_levels = 3
+    cfg.map.voxel_size_m = 0.04
+    cfg.map.fusion_max_width = 160
+    cfg.relocalization.new_segment_after_s = 0.1  # three frames
+    recon = Reconstructor(cfg)
+    frames = list(range(0, 20)) + list(range(40, 72))  # frames 20-39 skipped: a kidnap of 150 degrees
+    states = []
+    for n, i in enumerate(frames):
+        step = recon.process(_frame(loop, i, n * DT_NS))
+        states.append((i, step.tracking, recon.frontend.status.segment, step.tracking_reason))
+    recon.flush()
+    lost = [i for i, st, _, _ in states if st == LOST]
+    assert lost and lost[0] == 40 and len(lost) <= 5, states[18:40]
+    started = [i for i, st, seg, why in states if "new segment" in why]
+    assert len(started) == 1 and started[0] == lost[-1] + 1
+    st = recon.frontend.stats()
+    assert st["segments"] == 1 and st["segment_joins"] == 1
+    assert states[-1][2] == 0  # back in segment 0
+    joined_at = next(i for i, _, seg, _ in states if i > started[0] and seg == 0)
+    assert joined_at < 60  # soon after the segment reached the first turn's views (frame 48)
+    poses = dict(recon.trajectory())
+    by_stamp = {n * DT_NS: i for n, i in enumerate(frames)}
+    errors = {by_stamp[s]: _error(loop, by_stamp[s], T) for s, T in poses.items()}
+    assert max(errors.values()) < 0.02, sorted(errors.items(), key=lambda kv: -kv[1])[:5]
+    assert recon.surface.pending == 0
+    fused = recon.surface.stored_poses()
+    assert all(np.allclose(fused[s], T, atol=1e-9) for s, T in recon._frame_poses(True) if s in fused)

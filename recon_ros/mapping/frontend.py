@@ -65,6 +65,7 @@ class TrackingStatus:
     lost_since_ns: Optional[int] = None
     lost_frames: int = 0
     relocalizations: int = 0
+    segment: int = 0  # the map segment the frames are tracked in (see the rgbd frontend)
 
     @property
     def ok(self) -> bool:
@@ -77,14 +78,14 @@ class TrackingStatus:
         return TrackingStatus(state=LOST, reason=reason,
                               lost_since_ns=stamp_ns if first else self.lost_since_ns,
                               lost_frames=1 if first else self.lost_frames + 1,
-                              relocalizations=self.relocalizations)
+                              relocalizations=self.relocalizations, segment=self.segment)
 
     def found(self, reason: str = "", relocalized: bool = False) -> "TrackingStatus":
         """The status after a frame with a pose; ``relocalized`` when it was found again."""
         if relocalized:
             return TrackingStatus(state=RELOCALIZED, reason=reason,
-                                  relocalizations=self.relocalizations + 1)
-        return TrackingStatus(reason=reason, relocalizations=self.relocalizations)
+                                  relocalizations=self.relocalizations + 1, segment=self.segment)
+        return TrackingStatus(reason=reason, relocalizations=self.relocalizations, segment=self.segment)
 
 
 class Frontend(ABC):
@@ -111,6 +112,12 @@ class Frontend(ABC):
 
     def notify_gap(self) -> None:
         """Processing paused: do not predict the next frame from the motion before the pause."""
+
+    def take_segment_joins(self) -> list[tuple[int, int, np.ndarray]]:
+        """Segments joined since the last call: (joined segment, segment it joined, the
+        transform from the joined segment's world into the other's). Frames of a frontend that
+        never starts segments are all in segment 0."""
+        return []
 
     def export_map(self) -> Optional[dict[str, np.ndarray]]:
         """What a saved map needs for this frontend to find itself in it again (arrays for

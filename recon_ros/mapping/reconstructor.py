@@ -73,6 +73,7 @@ class StepResult:
     provisional: Optional[FrameEstimate] = None
     new_keyframes: list[Keyframe] = field(default_factory=list)
     map_changed: bool = False
+    keyframes_moved: bool = False  # earlier keyframes changed pose (a map segment was joined)
     timings_ms: dict[str, float] = field(default_factory=dict)
     skipped: Optional[str] = None  # why the frame was skipped, if it was
     # the frontend's tracking state after this step (tracking / lost / relocalized) and why;
@@ -133,6 +134,7 @@ class _TrajEntry:
     T_raw: np.ndarray  # frontend units
     anchor: Optional[int]  # keyframe id it was tracked after
     s_built: float = 1.0  # scale it was fused into the surface map with
+    segment: int = 0  # the frontend's map segment (see Reconstructor._join_segment)
 
 
 class Reconstructor:
@@ -165,6 +167,7 @@ class Reconstructor:
         # map currently applies to it]
         self._kf_raw: dict[int, list] = {}
         self._keyframes: dict[int, Keyframe] = {}
+        self._kf_segment: dict[int, int] = {}
         self._last_stamp: Optional[int] = None
         self._skips: dict[str, int] = {}
         self._frames = 0
@@ -263,7 +266,10 @@ class Reconstructor:
         self._last_stamp = frame.stamp_ns
         self._frames += 1
         t1 = time.perf_counter()
+        joined = [self._join_segment(*j) for j in self.frontend.take_segment_joins()]
         result = self._consume(estimates)
+        result.keyframes_moved = any(joined)
+        result.map_changed |= result.keyframes_moved
         if self.surface.pending:
             self.surface.work(self._repose_budget())
             result.map_changed = True
@@ -313,11 +319,13 @@ class Reconstructor:
                 self.map.add_keyframe(kf)
                 self._kf_raw[kf.id] = [np.array(est.T_world_cam, dtype=np.float64), s, s]
                 self._keyframes[kf.id] = kf
+                self._kf_segment[kf.id] = self.frontend.status.segment
                 self._drop_evicted()
                 result.new_keyframes.append(kf)
                 result.map_changed = True
                 anchor = kf.id
-            entry = _TrajEntry(est.stamp_ns, np.array(est.T_world_cam, dtype=np.float64), anchor, s)
+            entry = _TrajEntry(est.stamp_ns, np.array(est.T_world_cam, dtype=np.float64), anchor, s,
+                               self.frontend.status.segment)
             self._traj.append(entry)
             # in the corrected world: the refinement correction of its keyframe applies to it
             scaled = correct_estimate(scale_estimate(est, s), self._live_correction(entry))
@@ -325,6 +333,31 @@ class Reconstructor:
                 result.map_changed = True
             result.estimates.append(scaled)
         return result
+
+    def _join_segment(self, segment: int, target: int, C: np.ndarray) -> bool:
+        """The frontend found where a segment it started after a loss lies in an earlier one:
+        move the segment's frames and keyframes by ``C`` (frontend world of ``segment`` ->
+        that of ``target``) and re-fuse them there (within the re-fusion budget)."""
+        C = np.asarray(C, dtype=np.float64)
+        n = 0
+        for e in self._traj:
+            if e.segment == segment:
+                e.T_raw, e.segment = C @ e.T_raw, target
+                n += 1
+        for kf_id, seg in list(self._kf_segment.items()):
+            if seg != segment:
+                continue
+            self._kf_segment[kf_id] = target
+            entry = self._kf_raw.get(kf_id)
+            if entry is not None:
+                entry[0] = C @ entry[0]
+            if kf_id in self.map:
+                S = make_T(np.eye(3), np.zeros(3), self._kf_raw[kf_id][2] / self._kf_raw[kf_id][1])
+                C_world = S @ scale_pose(C, self._kf_raw[kf_id][1]) @ invert_T(S)  # in map units
+                self.map.set_pose(kf_id, C_world @ self.map.pose(kf_id))
+        log.info("map segment %d joined segment %d: %d frames moved", segment, target, n)
+        self._repose_surface()
+        return n > 0
 
     def _drop_evicted(self) -> None:
         """Release the records (images, pointmaps) of keyframes the map evicted to stay under

@@ -262,17 +262,25 @@ class KeyframeDatabase:
         self._vocabulary()
 
     # ------------------------------------------------------------------ querying
-    def rank(self, feats: Features, k: int) -> list[tuple[int, float]]:
-        """The ``k`` best keyframes for a frame's features: (id, retrieval score), best first.
-        Before a vocabulary exists, the newest keyframes (score 0)."""
+    def rank(self, feats: Features, k: int, allowed: Optional[Callable[[int], bool]] = None
+             ) -> list[tuple[int, float]]:
+        """The ``k`` best keyframes for a frame's features: (id, retrieval score), best first,
+        among those ``allowed`` accepts (all by default). Before a vocabulary exists, the
+        newest keyframes (score 0)."""
         bow = self._vocabulary()
         if bow is None:
-            return [(i, 0.0) for i in list(reversed(self._entries))[:k]]
-        return bow.query(feats.strong(), k)
+            ranked = [(i, 0.0) for i in reversed(self._entries)]
+        else:
+            ranked = bow.query(feats.strong(), len(self._entries) if allowed is not None else k)
+        if allowed is not None:
+            ranked = [(i, sc) for i, sc in ranked if allowed(i)]
+        return ranked[:k]
 
     def relocalize(self, rgb: np.ndarray, K: np.ndarray, verify: Optional[Verifier] = None,
-                   features: Optional[Features] = None) -> RelocResult:
-        """Find the pose of a lost frame (see the module docstring)."""
+                   features: Optional[Features] = None,
+                   allowed: Optional[Callable[[int], bool]] = None) -> RelocResult:
+        """Find the pose of a lost frame (see the module docstring), against the keyframes
+        ``allowed`` accepts (all by default)."""
         cfg = self.config
         t0 = time.perf_counter()
         self._counts["attempts"] += 1
@@ -287,7 +295,7 @@ class KeyframeDatabase:
                 return res
             desc = feats.desc.astype(np.float32)
             why = []
-            for kf_id, score in self.rank(feats, cfg.candidates):
+            for kf_id, score in self.rank(feats, cfg.candidates, allowed):
                 if res.tried and (time.perf_counter() - t0) * 1e3 > cfg.time_budget_ms:
                     why.append("time budget spent")
                     break

@@ -97,10 +97,13 @@ class RGBDFrontend(Frontend):
         self._status = TrackingStatus()
         self._counts = dict(frames=0, tracked=0, failures=0, skipped=0, consecutive_failures=0,
                             model_keyframes_taken=0, gaps=0, gap_recoveries=0, relocalizations=0,
-                            lost_frames=0)
+                            lost_frames=0, segments=0, segment_joins=0)
         self._time_s = 0.0
         self._next_kf = 0
         self.database.reset()
+        self._segment_of: dict[int, int] = {}  # database keyframe -> segment it was tracked in
+        self._unjoined: set[int] = set()  # segments started after a loss, not yet joined
+        self._joins: list[tuple[int, int, np.ndarray]] = []
         self._map_ids: frozenset[int] = frozenset()  # database keyframes of a loaded map
         self._map_models: OrderedDict[int, tuple[np.ndarray, list[PyramidLevel]]] = OrderedDict()
 
@@ -219,7 +222,7 @@ class RGBDFrontend(Frontend):
         if (dt > tc.ref_translation_m or dr > tc.ref_rotation_deg
                 or res.inlier_fraction < tc.ref_min_inlier_fraction):
             self._add_model(T, pyr, frame, depth)
-        return self._estimate(frame, depth, T, True)
+        return self._estimate(frame, depth, self._T_last, True)  # moved if its segment was joined
 
     def _take_gap(self, stamp_ns: int) -> Optional[float]:
         """The gap (seconds) before this frame when processing paused, else None."""
@@ -280,6 +283,8 @@ class RGBDFrontend(Frontend):
                 return self._relocalized(frame, depth, pyr, res.T_world_cam,
                                          "found again near the last good pose", None)
         why.insert(0, failure if gap is None else f"after a {gap:.2f} s gap: {failure}")
+        if self._segment_due(frame.stamp_ns):
+            return self._start_segment(frame, depth, pyr, "; ".join(why))
         return self._fail(frame, depth, "; ".join(why))
 
     def _verify(self, pyr: list[PyramidLevel], T_pnp: np.ndarray, entry: DatabaseEntry
@@ -315,7 +320,62 @@ class RGBDFrontend(Frontend):
         self._accept(T, frame.stamp_ns)
         self._status = self._status.found(how, relocalized=True)
         self._add_model(T, pyr, frame, depth)
-        return self._estimate(frame, depth, T, True)
+        return self._estimate(frame, depth, self._T_last, True)
+
+    # -- segments ------------------------------------------------------------------------------
+    def _segment_due(self, stamp_ns: int) -> bool:
+        """Lost for ``relocalization.new_segment_after_s`` (and not localizing in a frozen map)."""
+        after = self.config.relocalization.new_segment_after_s
+        since = self._status.lost_since_ns
+        return (after > 0 and not self.frozen and self._status.state == LOST and since is not None
+                and (stamp_ns - since) * 1e-9 >= after)
+
+    def _start_segment(self, frame: Frame, depth: np.ndarray, pyr: list[PyramidLevel], why: str) -> FrameEstimate:
+        """Map on from this frame in a new segment anchored at the last good pose (a guess:
+        its true place is found when the segment is joined)."""
+        lost_s = (frame.stamp_ns - self._status.lost_since_ns) * 1e-9
+        seg = max([self._status.segment, *self._segment_of.values(), *self._unjoined]) + 1
+        self._unjoined.add(seg)
+        T = self._T_last.copy() if self._T_last is not None else np.eye(4)
+        self._counts["segments"] += 1
+        log.warning("rgbd: frame %d starts map segment %d after %.1f s lost (%s)", frame.index, seg, lost_s, why)
+        self._own, self._model = [], []
+        self._stamp_last = None
+        self._velocity = np.zeros(6)
+        self._accept(T, frame.stamp_ns)
+        self._status = dataclasses.replace(self._status.found(f"new segment {seg} after {lost_s:.1f} s lost"),
+                                           segment=seg)
+        self._add_model(T, pyr, frame, depth)
+        return self._estimate(frame, depth, self._T_last, True)
+
+    def _try_join(self, frame: Frame, pyr: list[PyramidLevel], T: np.ndarray) -> None:
+        """Relocalize a new keyframe of an unjoined segment among the other segments' keyframes;
+        on success move the whole segment into that segment's world."""
+        seg = self._status.segment
+        rel = self.database.relocalize(frame.rgb, np.asarray(frame.K, float),
+                                       verify=lambda Tp, e: self._verify(pyr, Tp, e),
+                                       allowed=lambda i: self._segment_of.get(i, 0) != seg)
+        if not rel.success:
+            return
+        target = self._segment_of.get(rel.keyframe_id, 0)
+        C = rel.T_world_cam @ invert_T(T)  # this segment's world -> the target's
+        for e in self.database.entries():
+            if self._segment_of.get(e.id, 0) == seg:
+                e.T_world_cam = C @ e.T_world_cam
+                self._segment_of[e.id] = target
+        n_own = sum(1 for m in self._model if any(m is o for o in self._own))  # the model's tail
+        self._own = [(C @ Tm, p) for Tm, p in self._own]
+        self._model = self._model[:len(self._model) - n_own] + self._own[len(self._own) - n_own:]
+        self._T_last = C @ self._T_last
+        self._unjoined.discard(seg)
+        self._status = dataclasses.replace(self._status, segment=target)
+        self._joins.append((seg, target, C))
+        self._counts["segment_joins"] += 1
+        log.warning("rgbd: map segment %d joined segment %d at frame %d (%s)", seg, target, frame.index, rel.reason)
+
+    def take_segment_joins(self) -> list[tuple[int, int, np.ndarray]]:
+        out, self._joins = self._joins, []
+        return out
 
     def _failure_reason(self, res: TrackResult, T_pred: np.ndarray,
                         tc: Optional[TrackingConfig] = None) -> Optional[str]:
@@ -376,7 +436,10 @@ class RGBDFrontend(Frontend):
                        "gray": np.rint(lvl.intensity * 255.0).astype(np.uint8), "K": lvl.K}
             self.database.add(self._next_kf, frame.stamp_ns, T, frame.rgb, depth,
                               np.asarray(frame.K, float), payload)
+            self._segment_of[self._next_kf] = self._status.segment
             self._next_kf += 1
+            if self._status.segment in self._unjoined and len(self.database) > 1:
+                self._try_join(frame, pyr, T)
 
     def _map_anchors(self, T: np.ndarray, k: int) -> list[tuple[np.ndarray, list[PyramidLevel]]]:
         """Up to ``k`` tracking models of loaded-map keyframes near pose ``T`` (closest first,

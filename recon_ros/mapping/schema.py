@@ -141,6 +141,11 @@ class RelocalizationConfig:
                                       min=2, max=10000)
     max_keyframes: int = param(1000, "keyframes kept in the database (about 0.2 MB each); "
                                "above it the oldest leave", min=1, max=1_000_000)
+    new_segment_after_s: float = param(
+        5.0, "after this long lost (seconds, stream time, frames with usable depth) mapping "
+        "starts a new segment at the last good pose instead of waiting; the segment is joined to "
+        "the rest of the map, and its frames moved, as soon as one of its keyframes is "
+        "relocalized in an earlier segment (0: never start one)", min=0.0, max=1e6)
     map_radius_m: float = param(0.5, "with a loaded map (map.load_path): the saved keyframes "
                                 "within this distance of the camera ...", min=0.0, max=100.0)
     map_angle_deg: float = param(30.0, "... and this viewing angle join the tracking model, so "

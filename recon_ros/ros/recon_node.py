@@ -704,6 +704,8 @@ class ReconNode(LifecycleNode):
         if result.new_keyframes:
             self._publish_keyframes(result.new_keyframes)
             self._out.path_dirty = True
+        if result.keyframes_moved:  # a map segment was joined; the refiner reads poses from the path
+            self._out.path_dirty = True
         if result.map_changed:
             self._out.map_dirty = self._out.products_dirty = True
         if self._out.path_dirty:

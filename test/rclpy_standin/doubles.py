@@ -64,6 +64,7 @@ class FakeStepResult:
     tracking: str = "tracking"  # as the core's StepResult: tracking / lost / relocalized
     tracking_reason: str = ""
     skipped: Optional[str] = None
+    keyframes_moved: bool = False
 
 
 def camera_pose(i: int, step_m: float = 0.1) -> np.ndarray:
