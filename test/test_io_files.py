@@ -100,3 +100,28 @@ def test_tum_bad_lines(tmp_path):
     with pytest.raises(DataFormatError, match="zero quaternion"):
         read_tum(tmp_path / "y.tum")
     assert text_to_ns("12.5") == 12_500_000_000 and text_to_ns("-0.000000001") == -1
+
+
+def test_write_npz_round_trip_and_compression_per_array(tmp_path):
+    """numpy.load reads what write_npz writes, exactly; images are deflated, float
+    pointmaps stored (unless compress_floats), and nothing needs pickles."""
+    import zipfile
+
+    from recon_ros.io.arrays import write_npz
+
+    rng = np.random.default_rng(0)
+    arrays = {"rgb": rng.integers(0, 255, (48, 64, 3), dtype=np.uint8), "valid": rng.random((48, 64)) > 0.5,
+              "points": rng.normal(size=(48, 64, 3)).astype(np.float32), "stamp": np.int64(7),
+              "source": np.str_("depth"), "T": np.eye(4)}
+    path = write_npz(tmp_path / "a.npz", arrays)
+    with np.load(path, allow_pickle=False) as z:
+        assert set(z.files) == set(arrays)
+        for k, v in arrays.items():
+            assert np.array_equal(z[k], v) and z[k].dtype == np.asarray(v).dtype, k
+    with zipfile.ZipFile(path) as zf:
+        kinds = {i.filename: i.compress_type for i in zf.infolist()}
+    assert kinds["rgb.npy"] == zipfile.ZIP_DEFLATED and kinds["valid.npy"] == zipfile.ZIP_DEFLATED
+    assert kinds["points.npy"] == zipfile.ZIP_STORED
+    write_npz(tmp_path / "b.npz", arrays, compress_floats=True)
+    with zipfile.ZipFile(tmp_path / "b.npz") as zf:
+        assert zf.getinfo("points.npy").compress_type == zipfile.ZIP_DEFLATED

@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from recon_ros.io.arrays import write_npz
 from recon_ros.io.atomic import write_bytes_atomic, write_text_atomic
 
 from recon_ros.geometry.transforms import map_from_optical, rigid_part, transform_points
@@ -56,13 +57,12 @@ def save_keyframes(keyframes: list, directory: Path) -> Path:
         for kf in keyframes:
             pm = kf.pixel_map
             extra = {} if kf.mask is None else {"mask": kf.mask}
-            np.savez_compressed(
-                tmp / f"{kf.id:06d}.npz", rgb=kf.rgb, points_cam=kf.points_cam,
-                confidence=kf.confidence, colors=kf.colors, valid=kf.valid, K=kf.K,
-                K_image=kf.K_image, T_world_cam=kf.T_world_cam, stamp_ns=np.int64(kf.stamp_ns),
-                id=np.int64(kf.id), depth_source=np.str_(kf.depth_source),
+            write_npz(tmp / f"{kf.id:06d}.npz", dict(
+                rgb=kf.rgb, points_cam=kf.points_cam, confidence=kf.confidence, colors=kf.colors,
+                valid=kf.valid, K=kf.K, K_image=kf.K_image, T_world_cam=kf.T_world_cam,
+                stamp_ns=np.int64(kf.stamp_ns), id=np.int64(kf.id), depth_source=np.str_(kf.depth_source),
                 pixel_map=np.array([pm.sx, pm.sy, pm.tx, pm.ty, *pm.image_size, *pm.model_size],
-                                   dtype=np.float64), **extra)
+                                   dtype=np.float64), **extra))
     return directory
 
 

@@ -31,6 +31,7 @@ import numpy as np
 
 from recon_ros import __version__
 from recon_ros.errors import DataFormatError
+from recon_ros.io.arrays import write_npz
 from recon_ros.io.atomic import atomic_path
 from recon_ros.mapping.frame import Keyframe
 
@@ -77,8 +78,8 @@ def save_map_state(directory: Path, *, frontend: str, voxel_size_m: float,
     kf_files = sorted(kf_dir.glob("*.npz")) if kf_dir.is_dir() else []
     with atomic_path(directory / STATE_DIR) as tmp:
         tmp.mkdir(parents=True)
-        np.savez_compressed(tmp / VOLUME, **volume)
-        np.savez_compressed(tmp / RELOCALIZATION, **(relocalization or {"ids": np.zeros(0, np.int64)}))
+        write_npz(tmp / VOLUME, volume, compress_floats=True)  # mostly empty voxels
+        write_npz(tmp / RELOCALIZATION, relocalization or {"ids": np.zeros(0, np.int64)})
         files = {f"{STATE_DIR}/{name}": tmp / name for name in (VOLUME, RELOCALIZATION)}
         files.update({f"{KEYFRAMES_DIR}/{p.name}": p for p in kf_files})
         manifest = {
