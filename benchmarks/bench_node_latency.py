@@ -62,6 +62,7 @@ def bench_node(frames: int, width: int, height: int, model_ms: float) -> dict:
             cb_ms.append((time.perf_counter() - t0) * 1e3)
             time.sleep(0.0333)
         node._worker.wait_idle(30)
+        node._map_worker.wait_idle(30)
         st = node._worker.stats()
         node.finish()
     return {"callback_ms_median": statistics.median(cb_ms), "callback_ms_max": max(cb_ms),
@@ -106,6 +107,7 @@ def bench_end_to_end(frames: int, width: int, height: int) -> dict:
             subs["/image"].callback(M.make_image(T, f.rgb, "rgb8", s, "cam"))
             time.sleep(max(0.0, t_start + (len(arrival)) / 30.0 - time.perf_counter()))
         node._worker.wait_idle(60)
+        node._map_worker.wait_idle(60)
         elapsed = time.perf_counter() - t_start
         st = node._worker.stats()
         node.finish()

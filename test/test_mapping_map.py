@@ -1,6 +1,8 @@
 """KeyframeMap: re-anchoring, confidence-weighted voxel fusion, caps, incremental consistency, masks."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -225,3 +227,32 @@ def test_bad_pose_and_shapes_are_user_errors():
         m.add_points(0, np.zeros((4, 3)), np.zeros((3, 3)), np.ones(4), None, np.eye(4))
     with pytest.raises(KeyError):
         m.set_pose(7, np.eye(4))
+
+
+def test_reanchoring_is_deferred_until_the_cloud_is_needed():
+    """set_pose only records the pose (corrections arrive in batches on the mapping thread);
+    the voxels move when the cloud or the statistics are asked for, once, to the newest pose,
+    and a keyframe removed meanwhile leaves exactly what it added."""
+    rng = np.random.default_rng(1)
+    cfg = MapConfig(voxel_size_m=0.001, block_voxel_fraction=0.0, min_confidence=0.0)
+    m, fresh = KeyframeMap(cfg), KeyframeMap(cfg)
+    kfs = [_kf(k, _grid_points(rng, 100, (2.0 * k, 0, 0)), _ids_to_rgb(np.arange(100) + 1000 * k),
+               rng.uniform(1, 5, 100), np.eye(4)) for k in range(3)]
+    for kf in kfs:
+        m.add_keyframe(kf)
+    sums = m._sums.copy()
+    T1 = make_T(rotvec_to_matrix(np.array([0.0, 0.2, 0.0])), np.array([0.3, 0.0, 0.0]))
+    T2 = make_T(rotvec_to_matrix(np.array([0.1, 0.0, 0.0])), np.array([0.0, -0.4, 1.0]))
+    m.set_pose(1, T1)
+    m.set_pose(2, T1)
+    m.set_pose(1, T2)
+    np.testing.assert_array_equal(m._sums, sums)  # nothing moved yet
+    np.testing.assert_allclose(m.pose(1), T2)
+    m.remove(2)  # stale when removed
+    for kf, T in ((kfs[0], np.eye(4)), (kfs[1], T2)):
+        fresh.add_keyframe(dataclasses.replace(kf, T_world_cam=T))
+    a, b = m.fused(), fresh.fused()
+    order_a, order_b = np.lexsort(a[0].T), np.lexsort(b[0].T)
+    np.testing.assert_allclose(a[0][order_a], b[0][order_b], atol=1e-6)
+    np.testing.assert_array_equal(a[1][order_a], b[1][order_b])
+    assert m.stats().voxels == fresh.stats().voxels

@@ -80,7 +80,9 @@ def feed(node, stamp_ns, **kw):
 
 
 def settle(node):
+    """Wait until the frames are processed and the map outputs they made are published."""
     assert node._worker.wait_idle(10.0)
+    assert node._map_worker.wait_idle(10.0)
 
 
 def pub(node, name):
@@ -713,3 +715,40 @@ def test_mesh_and_occupancy_are_published_latched_in_map(ros):
     feed(node, slow[-1] + 33_000_000)
     settle(node)
     assert len(mesh_pub.messages) == n
+
+
+def test_map_outputs_are_extracted_beside_the_worker(ros):
+    """~/map_cloud, ~/map_mesh and ~/occupancy are extracted from a snapshot on their own
+    thread: a slow extraction (here 0.5 s) never holds up the frames, and a snapshot that
+    could not be published before the next one keeps what it was due to publish."""
+    import threading
+
+    node, recon = start(ros, overrides={"publish.products_rate_hz": 5.0, "publish.map_cloud_rate_hz": 5.0})
+    snapshots = []
+    release = threading.Event()
+    make = recon.map_snapshot
+
+    def slow_snapshot():
+        snap = make()
+        original = snap.fused_cloud
+
+        def fused_cloud():
+            release.wait(5.0)
+            return original()
+
+        snap.fused_cloud = fused_cloud
+        snapshots.append(snap)
+        return snap
+
+    recon.map_snapshot = slow_snapshot
+    for i in range(4):
+        feed(node, 2_000_000_000 + i * 300_000_000)
+        assert node._worker.wait_idle(10.0)  # frames go on while the first extraction waits
+    assert len(pub(node, "pose").messages) == 4
+    assert not pub(node, "map_cloud").messages
+    release.set()
+    settle(node)
+    assert {t for s in snapshots for t in s.threads} == {"recon_map_products"}
+    clouds, meshes = pub(node, "map_cloud").messages, pub(node, "map_mesh").messages
+    assert 1 <= len(clouds) < 4 and len(meshes) == len(clouds)  # waiting snapshots were replaced
+    assert clouds[-1].width == 4 * 20  # the newest snapshot: every frame's points

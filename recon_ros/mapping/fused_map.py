@@ -88,9 +88,10 @@ class _Block:
     colors: np.ndarray  # (N, 3) uint8
     weight: np.ndarray  # (N,) float32, summed confidence of the pixels this point stands for
     count: np.ndarray  # (N,) int32, number of those pixels
-    T: np.ndarray  # 4x4 float64
+    T: np.ndarray  # 4x4 float64, the keyframe's pose
     src_colors: Optional[np.ndarray] = None  # organised keyframe colours (for replace_points)
     src_conf: Optional[np.ndarray] = None
+    T_added: Optional[np.ndarray] = None  # the pose its points are in the accumulator with
 
     @property
     def nbytes(self) -> int:
@@ -113,6 +114,7 @@ class KeyframeMap:
         self._sums = np.zeros((0, 7), dtype=np.float64)
         self._counts = np.zeros(0, dtype=np.int64)
         self._cache: Optional[tuple] = None
+        self._stale: set[int] = set()  # blocks whose pose changed since they were accumulated
         self._evicted = 0
         self._dropped = 0
         self._last_ms = 0.0
@@ -136,6 +138,7 @@ class KeyframeMap:
         return transform_points(b.T, b.points)
 
     def stats(self) -> MapStats:
+        self._settle()
         return MapStats(keyframes=len(self._blocks),
                         stored_points=int(sum(len(b.points) for b in self._blocks.values())),
                         voxels=int(len(self._keys)), bytes=self.nbytes,
@@ -149,6 +152,7 @@ class KeyframeMap:
 
     def fused(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The fused cloud: (xyz float32 (N, 3), rgb uint8 (N, 3), mean confidence float32 (N,))."""
+        self._settle()
         if self._cache is None:
             w = self._sums[:, 6]
             ok = w > 0
@@ -190,13 +194,25 @@ class KeyframeMap:
         return len(pts)
 
     def set_pose(self, kf_id: int, T_world_cam: np.ndarray) -> None:
-        """Re-anchor one keyframe (rigid or Sim(3) pose); only its voxels are updated."""
-        t0 = time.perf_counter()
+        """Re-anchor one keyframe (rigid or Sim(3) pose). Cheap: its voxels are moved when the
+        fused cloud or the statistics are next asked for (corrections arrive in batches on
+        the mapping thread; the cloud is rarely needed)."""
         b = self._block(kf_id)
-        T = self._check_T(T_world_cam)
-        self._subtract(b)
-        b.T = T
-        self._add(b)
+        b.T = self._check_T(T_world_cam)
+        self._stale.add(kf_id)
+        self._cache = None
+
+    def _settle(self) -> None:
+        """Move the voxels of the blocks re-anchored since they were accumulated."""
+        if not self._stale:
+            return
+        t0 = time.perf_counter()
+        for kf_id in sorted(self._stale):
+            b = self._blocks.get(kf_id)
+            if b is not None:
+                self._subtract(b)
+                self._add(b)
+        self._stale.clear()
         self._last_ms = 1000.0 * (time.perf_counter() - t0)
 
     def apply_correction(self, kf_id: int, S: np.ndarray) -> None:
@@ -268,14 +284,14 @@ class KeyframeMap:
             return pts, col, w.astype(np.float32), counts.astype(np.int32)
         return pts, col, conf.astype(np.float32), cnt
 
-    def _contribution(self, b: _Block) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-        """Per-voxel sums of one block under its pose: (sorted keys, (M, 7) sums, (M,) counts,
+    def _contribution(self, b: _Block, T: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """Per-voxel sums of one block under pose ``T``: (sorted keys, (M, 7) sums, (M,) counts,
         number of stored points outside the addressable range).
 
         Deterministic, so the same block and pose always give bit-identical sums (which is
         what lets ``_subtract`` remove exactly what ``_add`` added).
         """
-        pts, col, w, cnt, T = b.points, b.colors, b.weight, b.count, b.T
+        pts, col, w, cnt = b.points, b.colors, b.weight, b.count
         if len(pts) == 0:
             return np.zeros(0, np.int64), np.zeros((0, 7)), np.zeros(0, np.int64), 0
         pw = transform_points(T, pts.astype(np.float64))
@@ -287,8 +303,10 @@ class KeyframeMap:
         return (*_reduce(keys, vals, cnt.astype(np.float64)), int(len(pts) - len(keys)))
 
     def _add(self, b: _Block) -> None:
+        """Accumulate a block under its pose (and remember that pose)."""
         self._cache = None
-        keys, sums, counts, dropped = self._contribution(b)
+        b.T_added = b.T.copy()
+        keys, sums, counts, dropped = self._contribution(b, b.T_added)
         if dropped:
             self._dropped += dropped
             log.warning("map: %d points of a keyframe lie outside the addressable voxel range", dropped)
@@ -307,8 +325,9 @@ class KeyframeMap:
             self._counts = np.insert(self._counts, at, counts[new])
 
     def _subtract(self, b: _Block) -> None:
+        """Remove a block from the accumulator, under the pose it was accumulated with."""
         self._cache = None
-        keys, sums, counts, _ = self._contribution(b)
+        keys, sums, counts, _ = self._contribution(b, b.T_added)
         if len(keys) == 0:
             return
         pos = np.searchsorted(self._keys, keys)

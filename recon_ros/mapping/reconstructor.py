@@ -137,6 +137,30 @@ class _TrajEntry:
     segment: int = 0  # the frontend's map segment (see Reconstructor._join_segment)
 
 
+@dataclass
+class MapSnapshot:
+    """The map products of a fused volume: the Reconstructor's product methods use its live
+    volume; :meth:`Reconstructor.map_snapshot` gives one over a frozen copy, owned by whichever
+    thread it is handed to."""
+
+    surface: SurfaceMap
+    cfg: ReconConfig
+
+    def fused_cloud(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        xyz, _, rgb, weight = self.surface.points()
+        return xyz, rgb, weight
+
+    def mesh(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        return self.surface.mesh()
+
+    def occupancy(self, T_map_recon: Optional[np.ndarray] = None):
+        T = map_from_optical() if T_map_recon is None else np.asarray(T_map_recon, dtype=np.float64)
+        xyz, normals, _, _ = self.surface.points()
+        pts = transform_points(T, np.asarray(xyz, dtype=np.float64))
+        nrm = np.asarray(normals, dtype=np.float64) @ rigid_part(T)[:3, :3].T
+        return occupancy_grid(pts, nrm, self.cfg.map.occupancy, self.cfg.map.voxel_size_m)
+
+
 class Reconstructor:
     """Online reconstruction of one camera stream (see the module docstring)."""
 
@@ -528,22 +552,26 @@ class Reconstructor:
     def fused_cloud(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The fused map (zero crossings of the TSDF volume): xyz (N,3) float32, rgb (N,3)
         uint8, confidence (N,) float32 (the accumulated fusion weight)."""
-        xyz, _, rgb, weight = self.surface.points()
-        return xyz, rgb, weight
+        return self._products().fused_cloud()
 
     def mesh(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The triangle mesh of the volume in ``recon_world``: vertices (V,3), faces (F,3),
         vertex colours (V,3) uint8, vertex normals (V,3)."""
-        return self.surface.mesh()
+        return self._products().mesh()
 
     def occupancy(self, T_map_recon: Optional[np.ndarray] = None):
         """The 2-D occupancy grid of the surface, cut from the height band of ``map.occupancy``
         in the z-up ``map`` frame (``T_map_recon`` defaults to the static optical -> z-up rotation)."""
-        T = map_from_optical() if T_map_recon is None else np.asarray(T_map_recon, dtype=np.float64)
-        xyz, normals, _, _ = self.surface.points()
-        pts = transform_points(T, np.asarray(xyz, dtype=np.float64))
-        nrm = np.asarray(normals, dtype=np.float64) @ rigid_part(T)[:3, :3].T
-        return occupancy_grid(pts, nrm, self.cfg.map.occupancy, self.cfg.map.voxel_size_m)
+        return self._products().occupancy(T_map_recon)
+
+    def _products(self) -> MapSnapshot:
+        """The live volume behind the product methods (no copy)."""
+        return MapSnapshot(self.surface, self.cfg)
+
+    def map_snapshot(self) -> "MapSnapshot":
+        """The map products of this moment, to be extracted on another thread (a copy of the
+        volume; the Reconstructor goes on fusing meanwhile)."""
+        return MapSnapshot(self.surface.snapshot(), self.cfg)
 
     def stats(self) -> dict:
         ms = self.map.stats()

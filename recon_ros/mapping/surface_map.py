@@ -342,6 +342,16 @@ class SurfaceMap:
             getattr(vol, name)[idx] = value
         self._enforce_memory()
 
+    def snapshot(self) -> "SurfaceMap":
+        """A copy of the volume alone (no stored frames, nothing pending), whose products
+        (:meth:`points`, :meth:`mesh`) can be extracted on another thread."""
+        out = SurfaceMap.__new__(SurfaceMap)
+        out.config, out.device, out.voxel = self.config, self.device, self.voxel
+        out.volume = self.volume.snapshot()
+        out._reset_counters()
+        out._cache = dict(self._cache)  # products already extracted are immutable: share them
+        return out
+
     # ------------------------------------------------------------------ products
     def points(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Surface points: xyz float32 (N, 3), normals float32 (N, 3), rgb uint8 (N, 3),

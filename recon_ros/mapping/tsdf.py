@@ -170,6 +170,16 @@ class TSDFVolume:
             self._sorted = None
         return idx
 
+    def snapshot(self) -> "TSDFVolume":
+        """An independent copy of the allocated blocks (for extracting surfaces on another
+        thread while this volume goes on fusing)."""
+        out = TSDFVolume.__new__(TSDFVolume)
+        out.__dict__.update({k: v for k, v in self.__dict__.items() if k not in _ARRAYS})
+        for name in _ARRAYS:
+            setattr(out, name, getattr(self, name)[:self.n].clone())
+        out._sorted = None
+        return out
+
     def remove_blocks(self, idx: torch.Tensor) -> dict[str, np.ndarray]:
         """Drop blocks (by index) and return their content as numpy arrays (for saving)."""
         idx = torch.unique(idx.to(self.device))

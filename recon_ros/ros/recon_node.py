@@ -99,6 +99,18 @@ class _Outputs:
 
 
 @dataclass
+class _MapJob:
+    """Map outputs to publish from one snapshot of the volume: made on the worker thread,
+    then owned by the products thread (which extracts and publishes them)."""
+
+    snapshot: Any
+    stamp_ns: int
+    T_map_recon: Optional[np.ndarray]
+    cloud: bool
+    products: bool
+
+
+@dataclass
 class _InputState:
     """Input-side bookkeeping (the input callback group only)."""
 
@@ -119,6 +131,10 @@ class ReconNode(LifecycleNode):
         self._factory = reconstructor_factory or default_reconstructor
         self._recon: Any = None
         self._worker: Optional[GpuWorker] = None
+        # extracts ~/map_cloud, ~/map_mesh and ~/occupancy from snapshots, beside the worker
+        self._map_worker: Optional[GpuWorker] = None
+        self._map_job_lock = threading.Lock()
+        self._map_job_waiting: Optional[_MapJob] = None
         # Names never shadow rclpy's own Node/LifecycleNode attributes (_timers, _services, ...):
         # test_ros_attributes checks that.
         self._pubs: dict[str, Any] = {}
@@ -229,6 +245,9 @@ class ReconNode(LifecycleNode):
             self._tf_static_pub = tf2_ros.StaticTransformBroadcaster(self)
         self._worker = GpuWorker(self._process, name="recon_gpu", on_error=self._on_worker_error)
         self._worker.start()
+        self._map_worker = GpuWorker(self._publish_map_job, name="recon_map_products",
+                                     on_error=self._on_map_worker_error)
+        self._map_worker.start()
         log.info("configured: model ready")
         return TransitionCallbackReturn.SUCCESS
 
@@ -347,6 +366,11 @@ class ReconNode(LifecycleNode):
                 self.get_logger().error("the GPU worker did not stop within 30 s; keeping the model")
                 return False
             self._worker = None
+        if self._map_worker is not None:
+            if not self._map_worker.stop(timeout=30.0):
+                self.get_logger().error("the map products thread did not stop within 30 s")
+                return False
+            self._map_worker = None
         for p in self._pubs.values():
             self.destroy_publisher(p)
         for s in self._service_handles:
@@ -711,7 +735,6 @@ class ReconNode(LifecycleNode):
         if self._out.path_dirty:
             self._publish_path()
         self._maybe_publish_map()
-        self._maybe_publish_products()
 
     def _anchor(self) -> np.ndarray:
         """T_map_recon, fixed (and published as static TF) at the first estimate after a reset."""
@@ -791,36 +814,58 @@ class ReconNode(LifecycleNode):
             self._pubs["keyframe_poses"].publish(convert.path(self._msg, front, stamp, self.ros.frames.map_frame))
 
     def _maybe_publish_map(self, force: bool = False) -> None:
-        rate = self.ros.publish.map_cloud_rate_hz
-        now = self._now_ns()
-        due = rate > 0 and (now - self._out.last_map_pub_ns >= 1e9 / rate or now < self._out.last_map_pub_ns)
-        if not (force or (self._out.map_dirty and due)) or self._recon is None:
+        """When due, snapshot the volume (worker thread: it owns the core) and hand it to the
+        products thread: ~/map_cloud at publish.map_cloud_rate_hz, ~/map_mesh and ~/occupancy
+        at publish.products_rate_hz (both at once when ``force``). Extraction takes seconds on
+        large maps; it never holds up the frames."""
+        if self._recon is None or self._map_worker is None:
             return
-        xyz, rgb, conf = self._recon.fused_cloud()
-        if self._out.T_map_recon is not None and len(xyz):
-            xyz = transform_points(self._out.T_map_recon, np.asarray(xyz, dtype=np.float32))
-        self._pubs["map_cloud"].publish(convert.cloud(self._msg, xyz, rgb, conf, now, self.ros.frames.map_frame))
-        self._out.map_dirty = False
-        self._out.last_map_pub_ns = now
-        if force:
-            self._maybe_publish_products(force=True)
+        now = self._now_ns()
+        out, pub = self._out, self.ros.publish
 
-    def _maybe_publish_products(self, force: bool = False) -> None:
-        """~/map_mesh and ~/occupancy from the volume (worker thread: it owns the core)."""
-        rate = self.ros.publish.products_rate_hz
-        now = self._now_ns()
-        last = self._out.last_products_pub_ns
-        due = rate > 0 and (now - last >= 1e9 / rate or now < last)
-        if not (force or (self._out.products_dirty and due)) or self._recon is None or self._out.T_map_recon is None:
+        def due(rate: float, last: int) -> bool:
+            return rate > 0 and (now - last >= 1e9 / rate or now < last)
+
+        cloud = force or (out.map_dirty and due(pub.map_cloud_rate_hz, out.last_map_pub_ns))
+        products = out.T_map_recon is not None and (
+            force or (out.products_dirty and due(pub.products_rate_hz, out.last_products_pub_ns)))
+        if not (cloud or products):
             return
-        self._out.last_products_pub_ns = now
-        self._out.products_dirty = False
-        frame = self.ros.frames.map_frame
-        verts, faces, colors, _ = self._recon.mesh()
-        verts = transform_points(self._out.T_map_recon, np.asarray(verts, dtype=np.float32))
-        self._pubs["map_mesh"].publish(convert.mesh_marker(self._msg, verts, faces, colors, now, frame))
-        grid = self._recon.occupancy(self._out.T_map_recon)
-        self._pubs["occupancy"].publish(convert.occupancy_grid(self._msg, grid, now, frame))
+        if cloud:
+            out.map_dirty, out.last_map_pub_ns = False, now
+        if products:
+            out.products_dirty, out.last_products_pub_ns = False, now
+        T = None if out.T_map_recon is None else out.T_map_recon.copy()
+        job = _MapJob(self._recon.map_snapshot(), now, T, cloud, products)
+        with self._map_job_lock:  # a job not yet started is replaced; what it was to publish is kept
+            waiting = self._map_job_waiting
+            if waiting is not None:
+                job.cloud |= waiting.cloud
+                job.products |= waiting.products
+            self._map_job_waiting = job
+        self._map_worker.submit(job)
+
+    def _publish_map_job(self, job: _MapJob) -> None:
+        """Extract and publish the map outputs of one snapshot (products thread)."""
+        with self._map_job_lock:
+            if self._map_job_waiting is job:
+                self._map_job_waiting = None
+        frame, snap = self.ros.frames.map_frame, job.snapshot
+        if job.cloud:
+            xyz, rgb, conf = snap.fused_cloud()
+            if job.T_map_recon is not None and len(xyz):
+                xyz = transform_points(job.T_map_recon, np.asarray(xyz, dtype=np.float32))
+            self._pubs["map_cloud"].publish(convert.cloud(self._msg, xyz, rgb, conf, job.stamp_ns, frame))
+        if job.products and job.T_map_recon is not None:
+            verts, faces, colors, _ = snap.mesh()
+            verts = transform_points(job.T_map_recon, np.asarray(verts, dtype=np.float32))
+            self._pubs["map_mesh"].publish(convert.mesh_marker(self._msg, verts, faces, colors, job.stamp_ns, frame))
+            grid = snap.occupancy(job.T_map_recon)
+            self._pubs["occupancy"].publish(convert.occupancy_grid(self._msg, grid, job.stamp_ns, frame))
+
+    def _on_map_worker_error(self, exc: BaseException) -> None:
+        self._count("map_publish_errors")
+        self.get_logger().error(f"publishing the map failed: {exc!r}", throttle_duration_sec=THROTTLE_S)
 
     def _do_reset(self, reason: str) -> None:
         self._recon.reset()

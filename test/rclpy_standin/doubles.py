@@ -77,6 +77,35 @@ def grid_points_cam() -> np.ndarray:
     return np.stack([0.1 * u, 0.1 * v, np.full_like(u, 2.0)], axis=-1)
 
 
+@dataclass
+class FakeMapSnapshot:
+    """Test double of the core's MapSnapshot: the products of the frames fused so far (a
+    frozen list of their points). ``threads`` records which thread extracted them."""
+
+    points: list
+    threads: list = field(default_factory=list)
+
+    def fused_cloud(self):
+        self.threads.append(threading.current_thread().name)
+        if not self.points:
+            return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8), np.zeros(0, np.float32)
+        xyz = np.concatenate(self.points).astype(np.float32)
+        return xyz, np.full((len(xyz), 3), 200, np.uint8), np.full(len(xyz), 3.0, np.float32)
+
+    def mesh(self):
+        """One triangle per fused frame's first three grid points."""
+        tris = [p[:3] for p in self.points]
+        verts = np.concatenate(tris).astype(np.float32) if tris else np.zeros((0, 3), np.float32)
+        faces = np.arange(len(verts), dtype=np.int64).reshape(-1, 3)
+        return verts, faces, np.full((len(verts), 3), 200, np.uint8), np.zeros_like(verts)
+
+    def occupancy(self, T_map_recon=None):
+        """A 2 x 3 grid with one occupied cell per fused frame (capped), origin at the map origin."""
+        data = np.zeros((2, 3), np.int8)
+        data.reshape(-1)[:min(len(self.points), 6)] = 100
+        return OccupancyGrid(data=data, resolution=0.1, origin=(0.0, 0.0, 0.0))
+
+
 class FakeReconstructor:
     """Test double of the core Reconstructor. ``delay_s`` makes ``process`` slow like a GPU model;
     frames whose stamps are in ``lost`` come back as the core reports a lost frame: state
@@ -138,18 +167,14 @@ class FakeReconstructor:
     def notify_gap(self) -> None:
         self.gaps += 1
 
+    def map_snapshot(self) -> "FakeMapSnapshot":
+        return FakeMapSnapshot(list(self._points))
+
     def mesh(self):
-        """One triangle per fused frame's first three grid points."""
-        tris = [p[:3] for p in self._points]
-        verts = np.concatenate(tris).astype(np.float32) if tris else np.zeros((0, 3), np.float32)
-        faces = np.arange(len(verts), dtype=np.int64).reshape(-1, 3)
-        return verts, faces, np.full((len(verts), 3), 200, np.uint8), np.zeros_like(verts)
+        return self.map_snapshot().mesh()
 
     def occupancy(self, T_map_recon=None):
-        """A 2 x 3 grid with one occupied cell per fused frame (capped), origin at the map origin."""
-        data = np.zeros((2, 3), np.int8)
-        data.reshape(-1)[:min(len(self._points), 6)] = 100
-        return OccupancyGrid(data=data, resolution=0.1, origin=(0.0, 0.0, 0.0))
+        return self.map_snapshot().occupancy(T_map_recon)
 
     def flush(self) -> FakeStepResult:
         return FakeStepResult([], None, [], False)
@@ -161,10 +186,7 @@ class FakeReconstructor:
         self._front = {}
 
     def fused_cloud(self):
-        if not self._points:
-            return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8), np.zeros(0, np.float32)
-        xyz = np.concatenate(self._points).astype(np.float32)
-        return xyz, np.full((len(xyz), 3), 200, np.uint8), np.full(len(xyz), 3.0, np.float32)
+        return self.map_snapshot().fused_cloud()
 
     def trajectory(self):
         return [(kf.stamp_ns, kf.T_world_cam) for kf in self._kfs]
