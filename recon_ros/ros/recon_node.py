@@ -135,6 +135,7 @@ class ReconNode(LifecycleNode):
         self._map_worker: Optional[GpuWorker] = None
         self._map_job_lock = threading.Lock()
         self._map_job_waiting: Optional[_MapJob] = None
+        self._published_points = 0  # of the latest ~/map_cloud (written by the products thread)
         # Names never shadow rclpy's own Node/LifecycleNode attributes (_timers, _services, ...):
         # test_ros_attributes checks that.
         self._pubs: dict[str, Any] = {}
@@ -626,7 +627,7 @@ class ReconNode(LifecycleNode):
         try:
             saved = self._run_on_worker(self._save)
             if saved is None:
-                response.success, response.message = False, "the map is empty: nothing saved"
+                response.success, response.message = False, "no frame mapped yet: nothing saved"
             else:
                 directory, files, points = saved
                 response.success = True
@@ -856,6 +857,7 @@ class ReconNode(LifecycleNode):
             if job.T_map_recon is not None and len(xyz):
                 xyz = transform_points(job.T_map_recon, np.asarray(xyz, dtype=np.float32))
             self._pubs["map_cloud"].publish(convert.cloud(self._msg, xyz, rgb, conf, job.stamp_ns, frame))
+            self._published_points = int(len(xyz))
         if job.products and job.T_map_recon is not None:
             verts, faces, colors, _ = snap.mesh()
             verts = transform_points(job.T_map_recon, np.asarray(verts, dtype=np.float32))
@@ -897,15 +899,13 @@ class ReconNode(LifecycleNode):
             self._maybe_publish_map(force=True)
 
     def _save(self) -> Optional[tuple]:
-        """Write map.ply + trajectory.tum into a new time-stamped folder; (abs dir, files, points).
+        """Write the map folder (map.ply, mesh, occupancy, trajectories, keyframes/, state/) into
+        a new time-stamped folder; (abs dir, files, points). None when no frame was mapped yet.
 
         The folder is written under a hidden temporary name and renamed when complete, so a
         ``map_*`` folder is always a complete map (an interrupted save leaves none).
         """
-        if self._recon is None:
-            return None
-        n = int(self._recon.stats().get("map_points", 0))
-        if n <= 0:
+        if self._recon is None or not self._recon.stats().get("frames"):
             return None
         root = Path(os.path.expanduser(self.ros.save.directory)).resolve()
         root.mkdir(parents=True, exist_ok=True)
@@ -914,6 +914,7 @@ class ReconNode(LifecycleNode):
         partial = root / f".map_{stamp}.partial"
         try:
             files = self._recon.save(partial)
+            n = int(self._recon.stats().get("map_points", 0))  # of the surface just saved
             os.replace(partial, directory)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
@@ -941,7 +942,7 @@ class ReconNode(LifecycleNode):
             delay_s=self._stamps.delay_s(),
             since_last_s=None if last is None else (self._now_ns() - last) * 1e-9,
             counters=self.counters(), inference_ms=float(self._timings.get("total", worker_ms)),
-            map_points=int(stats.get("map_points", 0)), scale=float(stats.get("scale", 1.0)),
+            map_points=self._published_points, scale=float(stats.get("scale", 1.0)),
             gpu_memory_mb=gpu_memory_mb(), min_rate_hz=d.min_rate_hz, max_delay_s=d.max_stamp_delay_s,
             no_data_warn_s=d.no_data_warn_s, lost_streak=int(stats.get("lost_streak", 0)))
         level, message, values = health_summary(h)
