@@ -331,7 +331,9 @@ def test_live_mapping_params_refiner_reset_and_ctrl_c(node, bag, tmp_path):
         assert spin_until(node, lambda: len(paths[-1].poses) == 0, 10)
         assert spin_until(node, lambda: len(paths[-1].poses) >= 4, 90), "no new keyframes after the reset"
         res, _ = call(node, Trigger, "/recon_refiner/align")
-        started = int(re.search(r"started on (\d+) keyframes", res.message).group(1))
+        found = re.search(r"started on (\d+) keyframes", res.message)
+        assert found, f"{res.message}\n{run.log()[-3000:]}"
+        started = int(found.group(1))
         # the old map's keyframes (>= 4) would show: at most the new ones (+2 in flight) are used
         assert res.success and started <= len(paths[-1].poses) + 2, (res.message, before, len(paths[-1].poses))
         assert spin_until(node, lambda: "align: " in run.log().split("map reset (requested)")[-1], 120)
