@@ -112,6 +112,21 @@ def call(node, srv_type, name, request=None, timeout=30.0, retry_s=None):
         assert retry_s and time.monotonic() < deadline, f"service {name} did not answer in {timeout} s"
 
 
+def start_stage(node, stage: str, timeout: float = 60.0):
+    """Call ``/recon_refiner/<stage>`` until it starts. recon_node's path can list a keyframe
+    before the refiner holds its cloud and info ("only N complete keyframe(s)"), and a
+    scheduled run may be busy: both pass; anything else is the answer to check."""
+    from std_srvs.srv import Trigger
+
+    deadline = time.monotonic() + timeout
+    while True:
+        res, _ = call(node, Trigger, f"/recon_refiner/{stage}")
+        waiting = "complete keyframe" in res.message or res.message.startswith("busy")
+        if res.success or not waiting or time.monotonic() > deadline:
+            return res
+        spin_until(node, lambda: False, 1.0)
+
+
 def cli(*args: str, timeout: float = 60.0) -> str:
     res = subprocess.run(["ros2", *args], capture_output=True, text=True, timeout=timeout)
     assert res.returncode == 0, f"ros2 {' '.join(args)} failed: {res.stdout}{res.stderr}"
@@ -310,7 +325,7 @@ def test_live_mapping_params_refiner_reset_and_ctrl_c(node, bag, tmp_path):
 
         # the refiner's correction is applied by recon_node
         assert spin_until(node, lambda: paths and len(paths[-1].poses) >= 4, 60), "fewer than 4 keyframes"
-        res, _ = call(node, Trigger, "/recon_refiner/align")
+        res = start_stage(node, "align")
         assert res.success and "align started on" in res.message, res.message
         assert spin_until(node, lambda: corrected, 120), f"no corrected path\n{run.log()[-3000:]}"
         fixed = path_poses(corrected[-1])
@@ -330,7 +345,7 @@ def test_live_mapping_params_refiner_reset_and_ctrl_c(node, bag, tmp_path):
         assert res.success, res.message
         assert spin_until(node, lambda: len(paths[-1].poses) == 0, 10)
         assert spin_until(node, lambda: len(paths[-1].poses) >= 4, 90), "no new keyframes after the reset"
-        res, _ = call(node, Trigger, "/recon_refiner/align")
+        res = start_stage(node, "align")
         found = re.search(r"started on (\d+) keyframes", res.message)
         assert found, f"{res.message}\n{run.log()[-3000:]}"
         started = int(found.group(1))
