@@ -11,7 +11,10 @@ package is built and sourced, e.g. ``colcon build && source install/setup.bash &
 * Ctrl-C (SIGINT to the whole process group, as a terminal sends it) while mapping and while a
   refine runs: both nodes exit cleanly, no traceback, the shutdown save is complete;
 * lifecycle: configure -> activate -> deactivate -> activate -> cleanup -> configure -> activate ->
-  shutdown, each answered within 2 s; the process exits after shutdown with a complete map.
+  shutdown, each answered within 2 s; the process exits after shutdown with a complete map;
+* a saved map (``recon-ros replay`` of the bag's first half) loaded with ``map.load_path`` in
+  ``mapping.mode: localization``: the camera is located in it, poses come out, and the map
+  folder is byte-identical afterwards.
 
 The bag is played by ``ros2 bag play`` (the launch file's ``bag:=``) when rosbag2 is installed,
 otherwise by :class:`BagPlayer` below (a test helper: it publishes the bag's messages and /clock
@@ -185,12 +188,13 @@ class BagPlayer(threading.Thread):
 class Launch:
     """``ros2 launch recon_ros live.launch.py ...`` in its own process group, output to a file."""
 
-    def __init__(self, node, bag: Path, tmp: Path, save_dir: Path, bag_rate: float = BAG_RATE, **args: str) -> None:
+    def __init__(self, node, bag: Path, tmp: Path, save_dir: Path, bag_rate: float = BAG_RATE,
+                 extra_params: str = "", **args: str) -> None:
         params = tmp / "params.yaml"
         params.write_text(
             "/**:\n  ros__parameters:\n    frontend:\n      name: rgbd\n"
             f"    save:\n      directory: {save_dir}\n"
-            "    schedule:\n      align_period_s: 0.0\n      refine_period_s: 0.0\n")
+            "    schedule:\n      align_period_s: 0.0\n      refine_period_s: 0.0\n" + extra_params)
         self.log_path = tmp / "launch.log"
         argv = {"rviz": "false", "device": "cpu", "base_frame": "camera_link", "depth_topic": DEPTH,
                 "params_file": str(params), "bag_delay": "3.0", "bag_rate": str(bag_rate), **args}
@@ -416,5 +420,40 @@ def test_lifecycle_transitions_and_exit_after_shutdown(node, bag, tmp_path):
         run.interrupt()
         assert_clean_exit(run.log(), ("recon_node",))
         print("lifecycle transition times (s):", times)
+    finally:
+        run.kill()
+
+
+def test_live_localization_in_a_saved_map(node, bag, tmp_path):
+    import hashlib
+
+    from geometry_msgs.msg import PoseStamped
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from std_msgs.msg import String
+
+    from recon_ros.cli import main
+
+    saved = tmp_path / "saved"
+    assert main(["-q", "replay", str(bag), "--frontend", "rgbd", "--out", str(saved), "--no-progress",
+                 "--no-bag", "--max-frames", str(BAG_FRAMES // 2)]) == 0
+
+    def digest() -> dict:
+        return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(saved.rglob("*")) if p.is_file()}
+
+    before = digest()
+    extra = f"    map:\n      load_path: {saved}\n    mapping:\n      mode: localization\n"
+    run = Launch(node, bag, tmp_path, tmp_path / "maps", bag_rate=0.5, extra_params=extra)
+    try:
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        poses, states = [], []
+        node.create_subscription(PoseStamped, "/recon_node/pose", poses.append, 10)
+        node.create_subscription(String, "/recon_node/tracking_state", lambda m: states.append(m.data), latched)
+        assert spin_until(node, lambda: len(poses) >= 10, 150), f"{len(poses)} poses\n{run.log()[-3000:]}"
+        assert "loaded the map at" in run.log() or "located in the loaded map" in run.log(), run.log()[-3000:]
+        assert "relocalized" in states, states
+        assert run.interrupt() == 0
+        assert_clean_exit(run.log(), ("recon_node",))
+        assert digest() == before
     finally:
         run.kill()
