@@ -250,6 +250,10 @@ class ReconNode(LifecycleNode):
                                      on_error=self._on_map_worker_error)
         self._map_worker.start()
         log.info("configured: model ready")
+        if self._recon.loaded_from is not None:
+            log.info(f"loaded the map at {self._recon.loaded_from} "
+                     f"({'localization only' if self._recon.localizing else 'continuing it'}); "
+                     "the first frames are located in it")
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:

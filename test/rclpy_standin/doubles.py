@@ -111,6 +111,9 @@ class FakeReconstructor:
     frames whose stamps are in ``lost`` come back as the core reports a lost frame: state
     ``lost``, no estimate, nothing entering the map. ``gaps`` counts ``notify_gap`` calls."""
 
+    loaded_from = None  # no saved map (the core's Reconstructor.loaded_from)
+    localizing = False
+
     def __init__(self, cfg, delay_s: float = 0.0, keyframe_every: int = 2) -> None:
         self.cfg = cfg
         self.lost: set[int] = set()
