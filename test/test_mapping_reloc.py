@@ -342,3 +342,29 @@ def test_long_loss_starts_a_segment_that_joins_the_map_later(loop):
     assert recon.surface.pending == 0
     fused = recon.surface.stored_poses()
     assert all(np.allclose(fused[s], T, atol=1e-9) for s, T in recon._frame_poses(True) if s in fused)
+
+
+@pytest.mark.slow
+def test_a_segment_left_behind_joins_when_the_map_reaches_it(loop):
+    """Lost in an unseen part, the camera maps a short segment there; then it is carried back
+    to a mapped part and relocalized there (tracking goes on in segment 0, the segment is left
+    behind). When mapping in segment 0 reaches the segment's part of the room, the segment is
+    moved into segment 0: every frame ends within 2 cm of the truth."""
+    cfg = ReconConfig()
+    cfg.frontend.name = "rgbd"
+    cfg.tracking.max_width = 80
+    cfg.tracking.pyramid_levels = 3
+    cfg.map.voxel_size_m = 0.04
+    cfg.map.fusion_max_width = 160
+    cfg.relocalization.new_segment_after_s = 0.1
+    recon = Reconstructor(cfg)
+    frames = list(range(0, 20)) + list(range(32, 40)) + list(range(6, 44))
+    for n, i in enumerate(frames):
+        recon.process(_frame(loop, i, n * DT_NS))
+    recon.flush()
+    st = recon.frontend.stats()
+    assert st["segments"] == 1 and st["segment_joins"] == 1, st
+    by_stamp = {n * DT_NS: i for n, i in enumerate(frames)}
+    errors = {by_stamp[s]: _error(loop, by_stamp[s], T) for s, T in recon.trajectory()}
+    assert {32, 36, 39} <= set(errors)  # the segment's frames are in the trajectory ...
+    assert max(errors.values()) < 0.02, sorted(errors.items(), key=lambda kv: -kv[1])[:5]  # ... in place

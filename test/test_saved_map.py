@@ -242,3 +242,27 @@ def test_node_loads_the_map_on_configure(first_map, tmp_path):
         assert node.state_label == "unconfigured"
         errors = [m for m in node.get_logger().messages("error") if "corrupt" in m]
         assert len(errors) == 1 and "\n" not in errors[0]
+
+
+@pytest.mark.slow
+def test_resume_outside_the_saved_map_maps_on_in_a_segment(loop, tmp_path):
+    """A recording that starts where the saved map has never looked is lost at first; after
+    relocalization.new_segment_after_s it maps on in a new segment, which joins the saved map
+    once the camera sees the saved part: the whole trajectory ends in the saved map's frame."""
+    first = Reconstructor(_config())
+    _run(first, loop, range(0, 20), 0)
+    first.save(tmp_path / "quarter")
+    cfg = _config(str(tmp_path / "quarter"))
+    cfg.relocalization.new_segment_after_s = 0.1
+    recon = Reconstructor(cfg)
+    frames = list(range(30, 60))  # 225 degrees on: unseen until frame 48 (= frame 0)
+    res = _run(recon, loop, frames, 10**12)
+    recon.flush()
+    assert res[0][1] == "lost" and res[0][2] is None
+    st = recon.frontend.stats()
+    assert st["segments"] == 1 and st["segment_joins"] == 1
+    poses = dict(recon.trajectory())
+    by_stamp = {10**12 + n * DT_NS: i for n, i in enumerate(frames)}
+    corrected = [(by_stamp[s], "", T) for s, T in poses.items()]
+    assert len(corrected) >= len(frames) - 5
+    assert _max_error(loop, corrected) < 0.02

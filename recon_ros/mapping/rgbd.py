@@ -125,8 +125,6 @@ class RGBDFrontend(Frontend):
         self.database = database
         self._map_ids = frozenset(e.id for e in self.database.entries())
         self._next_kf = max(self._map_ids, default=-1) + 1
-        self._status = TrackingStatus().lose("not yet located in the loaded map", 0)
-        self._status.lost_since_ns = None
 
     def notify_gap(self) -> None:
         self._gap_pending = True
@@ -315,6 +313,8 @@ class RGBDFrontend(Frontend):
                         frame.index, how, self._status.lost_frames, lost_s)
         if entry is not None:
             self._own = [self._entry_model(entry)]
+            # the pose is in the world of the keyframe's segment: tracking goes on there
+            self._status = dataclasses.replace(self._status, segment=self._segment_of.get(entry.id, 0))
         self._stamp_last = None  # no velocity from the held pose to this one
         self._velocity = np.zeros(6)
         self._accept(T, frame.stamp_ns)
@@ -349,29 +349,38 @@ class RGBDFrontend(Frontend):
         return self._estimate(frame, depth, self._T_last, True)
 
     def _try_join(self, frame: Frame, pyr: list[PyramidLevel], T: np.ndarray) -> None:
-        """Relocalize a new keyframe of an unjoined segment among the other segments' keyframes;
-        on success move the whole segment into that segment's world."""
+        """Relocalize a new keyframe among the keyframes of the other segments. A match joins
+        the two segments: an unjoined current segment moves into the matched one's world; a
+        matched unjoined segment (left behind when tracking was found again elsewhere) moves
+        into the current one's."""
         seg = self._status.segment
         rel = self.database.relocalize(frame.rgb, np.asarray(frame.K, float),
                                        verify=lambda Tp, e: self._verify(pyr, Tp, e),
                                        allowed=lambda i: self._segment_of.get(i, 0) != seg)
         if not rel.success:
             return
-        target = self._segment_of.get(rel.keyframe_id, 0)
-        C = rel.T_world_cam @ invert_T(T)  # this segment's world -> the target's
+        other = self._segment_of.get(rel.keyframe_id, 0)
+        if seg in self._unjoined:  # move the current segment (and the tracker) into the other's world
+            moved, target, C = seg, other, rel.T_world_cam @ invert_T(T)
+        elif other in self._unjoined:  # move the other segment into the current world
+            moved, target, C = other, seg, T @ invert_T(rel.T_world_cam)
+        else:
+            return
         for e in self.database.entries():
-            if self._segment_of.get(e.id, 0) == seg:
+            if self._segment_of.get(e.id, 0) == moved:
                 e.T_world_cam = C @ e.T_world_cam
                 self._segment_of[e.id] = target
-        n_own = sum(1 for m in self._model if any(m is o for o in self._own))  # the model's tail
-        self._own = [(C @ Tm, p) for Tm, p in self._own]
-        self._model = self._model[:len(self._model) - n_own] + self._own[len(self._own) - n_own:]
-        self._T_last = C @ self._T_last
-        self._unjoined.discard(seg)
-        self._status = dataclasses.replace(self._status, segment=target)
-        self._joins.append((seg, target, C))
+        if moved == seg:
+            n_own = sum(1 for m in self._model if any(m is o for o in self._own))  # the model's tail
+            self._own = [(C @ Tm, p) for Tm, p in self._own]
+            self._model = self._model[:len(self._model) - n_own] + self._own[len(self._own) - n_own:]
+            self._T_last = C @ self._T_last
+            self._status = dataclasses.replace(self._status, segment=target)
+        self._unjoined.discard(moved)
+        self._joins.append((moved, target, C))
         self._counts["segment_joins"] += 1
-        log.warning("rgbd: map segment %d joined segment %d at frame %d (%s)", seg, target, frame.index, rel.reason)
+        log.warning("rgbd: map segment %d joined segment %d at frame %d (%s)", moved, target, frame.index,
+                    rel.reason)
 
     def take_segment_joins(self) -> list[tuple[int, int, np.ndarray]]:
         out, self._joins = self._joins, []
@@ -438,15 +447,15 @@ class RGBDFrontend(Frontend):
                               np.asarray(frame.K, float), payload)
             self._segment_of[self._next_kf] = self._status.segment
             self._next_kf += 1
-            if self._status.segment in self._unjoined and len(self.database) > 1:
+            if self._unjoined and len(self.database) > 1:
                 self._try_join(frame, pyr, T)
 
     def _map_anchors(self, T: np.ndarray, k: int) -> list[tuple[np.ndarray, list[PyramidLevel]]]:
         """Up to ``k`` tracking models of loaded-map keyframes near pose ``T`` (closest first,
         within ``relocalization.map_radius_m`` and ``map_angle_deg``)."""
         rc = self.config.relocalization
-        if k <= 0 or not self._map_ids or rc.map_radius_m <= 0:
-            return []
+        if k <= 0 or not self._map_ids or rc.map_radius_m <= 0 or self._status.segment in self._unjoined:
+            return []  # (an unjoined segment's poses are not in the map's world)
         near = []
         for e in self.database.entries():
             if e.id not in self._map_ids:
