@@ -57,9 +57,10 @@ _BITS = 21
 _OFF = 1 << (_BITS - 1)
 _LIMIT = _OFF - 1
 _EMPTY_W = 1e-6  # weights below this count as "never observed"
-_ARRAYS = ("keys", "coords", "tsdf", "weight", "count", "color", "last_seen", "born")
+_ARRAYS = ("keys", "coords", "tsdf_sum", "weight", "count", "color_sum", "last_seen", "born")
 _TILE = 8  # occlusion culling: tile size (pixels) ...
 _DIL = 2  # ... and dilation (tiles)
+_NEAR_Z = 1e-6  # voxels nearer to the camera plane are not projected
 
 
 def pack_keys(ijk: torch.Tensor) -> torch.Tensor:
@@ -71,6 +72,13 @@ def pack_keys(ijk: torch.Tensor) -> torch.Tensor:
 def unpack_keys(keys: torch.Tensor) -> torch.Tensor:
     mask = (1 << _BITS) - 1
     return torch.stack([(keys >> (2 * _BITS)) & mask, (keys >> _BITS) & mask, keys & mask], 1) - _OFF
+
+
+def _mean(total: torch.Tensor, weight: torch.Tensor, empty: float) -> torch.Tensor:
+    """Weighted mean ``total / weight``; ``empty`` where the weight is (near) zero."""
+    ok = weight > _EMPTY_W
+    return torch.where(ok, total / torch.where(ok, weight, torch.ones_like(weight)),
+                       torch.full_like(total, empty))
 
 
 @dataclass
@@ -102,10 +110,10 @@ class TSDFVolume:
         self.n = 0
         self.keys = torch.empty(cap, dtype=torch.int64, device=dev)
         self.coords = torch.empty((cap, 3), dtype=torch.int64, device=dev)
-        self.tsdf = torch.empty((cap, VPB), dtype=torch.float32, device=dev)
+        self.tsdf_sum = torch.empty((cap, VPB), dtype=torch.float32, device=dev)  # sum of w * tsdf
         self.weight = torch.empty((cap, VPB), dtype=torch.float32, device=dev)
         self.count = torch.empty((cap, VPB), dtype=torch.float32, device=dev)
-        self.color = torch.empty((cap, VPB, 3), dtype=torch.float32, device=dev)
+        self.color_sum = torch.empty((cap, VPB, 3), dtype=torch.float32, device=dev)  # sum of w * rgb
         self.last_seen = torch.empty(cap, dtype=torch.int64, device=dev)
         self.born = torch.empty(cap, dtype=torch.int64, device=dev)
         self._sorted: Optional[tuple[torch.Tensor, torch.Tensor]] = None
@@ -115,6 +123,16 @@ class TSDFVolume:
     def nbytes(self) -> int:
         """Memory of the allocated blocks (not of the spare capacity)."""
         return int(self.n * (VPB * (4 + 4 + 4 + 12) + 8 * 6))
+
+    @property
+    def tsdf(self) -> torch.Tensor:
+        """(n, 512) weighted mean TSDF of every voxel of the allocated blocks (1 = unobserved)."""
+        return _mean(self.tsdf_sum[:self.n], self.weight[:self.n], 1.0)
+
+    @property
+    def color(self) -> torch.Tensor:
+        """(n, 512, 3) weighted mean colour of every voxel (0 = unobserved)."""
+        return _mean(self.color_sum[:self.n], self.weight[:self.n, :, None], 0.0)
 
     def stats(self) -> VolumeStats:
         w = self.weight[:self.n]
@@ -159,10 +177,10 @@ class TSDFVolume:
             sl = slice(self.n, self.n + m)
             self.keys[sl] = new
             self.coords[sl] = unpack_keys(new)
-            self.tsdf[sl] = 1.0
+            self.tsdf_sum[sl] = 0.0
             self.weight[sl] = 0.0
             self.count[sl] = 0.0
-            self.color[sl] = 0.0
+            self.color_sum[sl] = 0.0
             self.last_seen[sl] = self.tick
             self.born[sl] = self.tick
             idx[idx < 0] = torch.arange(self.n, self.n + m, device=self.device)
@@ -173,9 +191,12 @@ class TSDFVolume:
     def remove_blocks(self, idx: torch.Tensor) -> dict[str, np.ndarray]:
         """Drop blocks (by index) and return their content as numpy arrays (for saving)."""
         idx = torch.unique(idx.to(self.device))
-        out = {"coords": self.coords[idx].cpu().numpy(), "tsdf": self.tsdf[idx].cpu().numpy(),
-               "weight": self.weight[idx].cpu().numpy(), "count": self.count[idx].cpu().numpy(),
-               "color": self.color[idx].round().clamp(0, 255).to(torch.uint8).cpu().numpy(),
+        w = self.weight[idx]
+        out = {"coords": self.coords[idx].cpu().numpy(),
+               "tsdf": _mean(self.tsdf_sum[idx], w, 1.0).cpu().numpy(),
+               "weight": w.cpu().numpy(), "count": self.count[idx].cpu().numpy(),
+               "color": _mean(self.color_sum[idx], w[..., None], 0.0).round().clamp(0, 255)
+               .to(torch.uint8).cpu().numpy(),
                "voxel_size": np.float64(self.voxel), "block": np.int64(BLOCK)}
         keep = torch.ones(self.n, dtype=torch.bool, device=self.device)
         keep[idx] = False
@@ -210,7 +231,6 @@ class TSDFVolume:
         Returns the volume's tick of this integration (the number of integrations so far).
         """
         dev = self.device
-        H, W = depth.shape
         s, R, t = sim3_decompose(np.asarray(T_world_cam, dtype=np.float64))
         if not torch.is_tensor(trunc):
             trunc = torch.full_like(depth, float(trunc))
@@ -222,15 +242,66 @@ class TSDFVolume:
         Rt = torch.as_tensor(R, dtype=torch.float32, device=dev)
         tt = torch.as_tensor(t, dtype=torch.float32, device=dev)
         fx, fy, cx, cy = (float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2]))
-        vs = self.voxel
-        bs = vs * BLOCK
         if sign > 0:
             self.tick += 1
             if allocate:
                 self._allocate_from_depth(depth, weights, trunc, fx, fy, cx, cy, s, Rt, tt)
         if self.n == 0:
             return self.tick
-        # --- blocks the frame can see: project every block centre (cheap: one point per block)
+        blocks, near = self._visible_blocks(depth, trunc, fx, fy, cx, cy, s, Rt, tt,
+                                            fused_at if sign < 0 else None)
+        if blocks.numel() == 0:
+            return self.tick
+        voxels = self._project(blocks, depth, trunc, fx, fy, cx, cy, s, Rt, tt, near)
+        if voxels is None:
+            return self.tick
+        k, pix, z = voxels
+        # --- the readings of the kept voxels, from per-pixel tables (one row per pixel of the
+        # padded image: the update needs only these and the voxel depth)
+        table = self._pixel_table(depth, trunc, weights, counts)
+        rows = table.index_select(1, pix)
+        d_k = rows[0]
+        tsdf_i = (d_k - z).mul_(rows[1]).clamp_(max=1.0)  # sdf / trunc, free space = +1
+        w_i = rows[2]
+        if noise_power:
+            zz = torch.minimum(z, d_k).clamp_(min=1e-3)
+            if noise_power == 2.0:
+                zz = zz.mul_(zz).square_()
+            else:
+                zz = zz.pow_(2.0 * noise_power)
+            w_i = w_i / zz
+        if sign < 0:
+            w_i = -w_i
+        # --- the sums of the kept voxels: every update is an addition, so a removal (negative
+        # weight) is exact and no voxel state has to be read
+        offset = (blocks - torch.arange(blocks.numel(), device=dev)) * VPB
+        flat = offset.index_select(0, k >> 9).add_(k)
+        self.weight.view(-1).index_add_(0, flat, w_i)
+        self.tsdf_sum.view(-1).index_add_(0, flat, tsdf_i.mul_(w_i))
+        cnt = rows[3] if counts is not None else torch.ones_like(w_i)
+        self.count.view(-1).index_add_(0, flat, cnt, alpha=sign)
+        if colors is not None:
+            c_i = self._padded_rows(colors).index_select(0, pix)
+            # (a contiguous weight per channel: broadcasting it is several times slower)
+            c_i.mul_(w_i.repeat_interleave(3).view(-1, 3))
+            self.color_sum.view(-1, 3).index_add_(0, flat, c_i)
+        if sign < 0 or float(w_i.min()) <= _EMPTY_W:
+            # a voxel whose weight falls to (near) zero is reset to empty
+            e = flat[self.weight.view(-1).index_select(0, flat) <= _EMPTY_W]
+            if e.numel():
+                for arr in (self.weight, self.tsdf_sum, self.count):
+                    arr.view(-1).index_fill_(0, e, 0.0)
+                self.color_sum.view(-1, 3).index_fill_(0, e, 0.0)
+        if sign > 0:
+            self.last_seen[blocks] = self.tick
+        return self.tick
+
+    def _visible_blocks(self, depth, trunc, fx, fy, cx, cy, s, Rt, tt,
+                        fused_at: Optional[int]) -> tuple[torch.Tensor, bool]:
+        """Indices of the blocks the frame can update (one projected point per block), and
+        whether one of them reaches the camera plane."""
+        H, W = depth.shape
+        bs = self.voxel * BLOCK
         centre_w = (self.coords[:self.n].to(torch.float32) + 0.5) * bs
         centre_c = ((centre_w - tt) @ Rt) / s
         zc = centre_c[:, 2]
@@ -251,74 +322,79 @@ class TSDFVolume:
         far = self._footprint_max(depth + trunc, uc, vc)
         small = (mu <= _TILE * _DIL) & (mv <= _TILE * _DIL)
         sel &= ~(small & (zc - rad > far))
-        if sign < 0 and fused_at is not None:
+        if fused_at is not None:
             sel &= self.born[:self.n] <= fused_at
         blocks = torch.nonzero(sel).reshape(-1)
-        if blocks.numel() == 0:
-            return self.tick
-        # --- every voxel of those blocks, in camera coordinates (block origin + local offset)
-        origin_c = ((self.coords[blocks].to(torch.float32) * bs - tt) @ Rt) / s  # (M, 3)
-        local_c = (((self._local.to(torch.float32) + 0.5) * vs) @ Rt) / s  # (512, 3)
-        # the hot loop, over every voxel of the visible blocks: in-place arithmetic, and
-        # index_select (much faster than advanced indexing on the CPU)
-        z = origin_c[:, None, 2] + local_c[None, :, 2]
-        iz = z.clamp(min=1e-6).reciprocal_()
-        u = (origin_c[:, None, 0] + local_c[None, :, 0]).mul_(iz).mul_(fx).add_(cx + 0.5).floor_()
-        v = (origin_c[:, None, 1] + local_c[None, :, 1]).mul_(iz).mul_(fy).add_(cy + 0.5).floor_()
-        ok = z > 1e-6
-        ok &= u >= 0
-        ok &= u < W
-        ok &= v >= 0
-        ok &= v < H
-        # the reading under every voxel (pixel 0 off the image; those are masked out)
-        pix_all = v.mul_(W).add_(u).masked_fill_(~ok, 0).view(-1).to(torch.int32)
-        zv = z.view(-1)
-        d_all = depth.view(-1).index_select(0, pix_all)
-        sdf_all = d_all - zv
-        keep = sdf_all >= -trunc.view(-1).index_select(0, pix_all)
-        keep &= ok.view(-1)
-        keep &= d_all > 0
-        k = torch.nonzero(keep).view(-1)
-        if k.numel() == 0:
-            return self.tick
-        pix = pix_all.index_select(0, k)
-        tsdf_i = sdf_all.index_select(0, k).div_(trunc.view(-1).index_select(0, pix)).clamp_(max=1.0)
-        wp = weights.view(-1).index_select(0, pix)
-        cp = counts.view(-1).index_select(0, pix) if counts is not None else torch.ones_like(wp)
-        if noise_power:
-            zz = torch.minimum(zv.index_select(0, k), d_all.index_select(0, k)).clamp_(min=1e-3)
-            wp = wp / zz.pow_(2.0 * noise_power)
-        flat = blocks.index_select(0, k >> 9).mul_(VPB).add_(k & (VPB - 1))
-        wflat = self.weight.view(-1)
-        tflat = self.tsdf.view(-1)
-        nflat = self.count.view(-1)
-        w_old = wflat.index_select(0, flat)
-        w_i = wp * sign
-        w_new = w_old + w_i
-        empty = w_new <= _EMPTY_W
-        denom = torch.where(empty, torch.ones_like(w_new), w_new)
-        t_new = (tflat.index_select(0, flat) * w_old + tsdf_i * w_i) / denom
-        tflat.index_copy_(0, flat, torch.where(empty, torch.ones_like(w_new), t_new))
-        wflat.index_copy_(0, flat, w_new.masked_fill_(empty, 0.0))
-        nflat.index_copy_(0, flat, (nflat.index_select(0, flat) + cp * sign).masked_fill_(empty, 0.0))
-        if colors is not None:
-            cflat = self.color.view(-1, 3)
-            c_i = colors.reshape(-1, 3).index_select(0, pix).to(torch.float32)
-            c_new = (cflat.index_select(0, flat) * w_old[:, None] + c_i * w_i[:, None]) / denom[:, None]
-            cflat.index_copy_(0, flat, c_new.masked_fill_(empty[:, None], 0.0))
-        if sign > 0:
-            self.last_seen[blocks] = self.tick
-        return self.tick
+        near = bool(((zc - rad <= _NEAR_Z) & sel).any()) if blocks.numel() else False
+        return blocks, near
 
     @staticmethod
     def _footprint_max(img: torch.Tensor, uc: torch.Tensor, vc: torch.Tensor) -> torch.Tensor:
         """Max of ``img`` over the tiles within _DIL tiles of each pixel (uc, vc)."""
-        H, W = img.shape
         tiles = torch.nn.functional.max_pool2d(img[None, None], _TILE, ceil_mode=True)
         tiles = torch.nn.functional.max_pool2d(tiles, 2 * _DIL + 1, stride=1, padding=_DIL)[0, 0]
         ti = (vc / _TILE).floor().clamp(0, tiles.shape[0] - 1).to(torch.int64)
         tj = (uc / _TILE).floor().clamp(0, tiles.shape[1] - 1).to(torch.int64)
         return tiles[ti, tj]
+
+    def _project(self, blocks, depth, trunc, fx, fy, cx, cy, s, Rt, tt, near: bool
+                 ) -> Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Every voxel of ``blocks`` projected into the depth image: (voxel index k into
+        (blocks, 512), its pixel in the padded image, its camera depth z) of the voxels the
+        reading under them updates: in front of the reading or at most ``trunc`` behind it.
+
+        The hot loop, over every voxel of the visible blocks, kept to a few passes: the
+        projection is linear in the voxel's camera coordinates until the division by depth, so
+        per-block and per-offset terms are added once; the image is padded by one invalid pixel
+        on every side and pixel coordinates are clamped onto that border, so voxels projecting
+        off the image need no bounds test; one per-pixel "farthest updated depth" image (-inf
+        where there is no reading) decides which voxels are kept.
+        """
+        H, W = depth.shape
+        vs = self.voxel
+        # [u', v', z] = A p_cam with u' / z the padded column + 0.5 (rounding by truncation)
+        A = torch.tensor([[fx, 0.0, cx + 1.5], [0.0, fy, cy + 1.5], [0.0, 0.0, 1.0]],
+                         dtype=torch.float32, device=self.device)
+        M = (Rt / s) @ A.T  # world offset -> [u', v', z]
+        origin = (self.coords[blocks].to(torch.float32) * (vs * BLOCK) - tt) @ M  # (B, 3)
+        local = ((self._local.to(torch.float32) + 0.5) * vs) @ M  # (512, 3)
+        z = origin[:, None, 2] + local[None, :, 2]  # (B, 512)
+        iz = z.reciprocal()
+        if near:  # voxels at or behind the camera plane land on the invalid border
+            iz.masked_fill_(z <= _NEAR_Z, 0.0)
+        u = (origin[:, None, 0] + local[None, :, 0]).mul_(iz).clamp_(0.0, W + 1.0).to(torch.int32)
+        v = (origin[:, None, 1] + local[None, :, 1]).mul_(iz).clamp_(0.0, H + 1.0).to(torch.int32)
+        pix = u.add_(v, alpha=W + 2).view(-1)  # truncation is the floor: non-negative
+        farthest = torch.nn.functional.pad(
+            torch.where(depth > 0, depth + trunc, torch.full_like(depth, -math.inf)),
+            (1, 1, 1, 1), value=-math.inf).view(-1)
+        zf = z.view(-1)
+        k = torch.nonzero(farthest.index_select(0, pix) >= zf).view(-1)
+        if k.numel() == 0:
+            return None
+        return k, pix.index_select(0, k), zf.index_select(0, k)
+
+    def _pixel_table(self, depth, trunc, weights, counts) -> torch.Tensor:
+        """(C, (H + 2) * (W + 2)) planes of the padded image (0 on the border): depth,
+        1 / trunc, weight and (when given) count."""
+        H, W = depth.shape
+        table = torch.zeros((3 + (counts is not None), H + 2, W + 2), dtype=torch.float32,
+                            device=self.device)
+        inner = table[:, 1:H + 1, 1:W + 1]
+        inner[0] = depth
+        torch.reciprocal(trunc, out=inner[1])
+        inner[2] = weights
+        if counts is not None:
+            inner[3] = counts
+        return table.view(table.shape[0], -1)
+
+    @staticmethod
+    def _padded_rows(img: torch.Tensor) -> torch.Tensor:
+        """(H, W, C) image -> ((H + 2) * (W + 2), C) rows of it padded by 0 on every side."""
+        H, W, C = img.shape
+        out = torch.zeros((H + 2, W + 2, C), dtype=torch.float32, device=img.device)
+        out[1:H + 1, 1:W + 1] = img
+        return out.view(-1, C)
 
     def _allocate_from_depth(self, depth, weights, trunc, fx, fy, cx, cy, s, Rt, tt) -> None:
         """Allocate the blocks within the truncation band around the measured surface."""
@@ -398,14 +474,15 @@ class TSDFVolume:
             return empty
         nbr = self._neighbours()
         n = self.n
-        t0 = self.tsdf[:n]
+        t0 = self.tsdf
         w0 = self.count[:n]
         good0 = (w0 >= self.min_weight) & (t0.abs() < 1.0)
-        grads = self._gradient(nbr)
+        grads = self._gradient(nbr, t0)
+        color = self.color
         centres = self.voxel_centres()
         pts, nrm, col, wts = [], [], [], []
         for axis in range(3):
-            t1 = self._shifted(self.tsdf, nbr, axis, 1.0)
+            t1 = self._shifted(t0, nbr, axis, 1.0)
             w1 = self._shifted(self.count, nbr, axis, 0.0)
             good = good0 & (w1 >= self.min_weight) & (t1.abs() < 1.0) & ((t0 > 0) != (t1 > 0))
             idx = torch.nonzero(good.reshape(-1)).reshape(-1)
@@ -419,8 +496,8 @@ class TSDFVolume:
             g0 = grads.reshape(-1, 3)[idx]
             g1 = self._shifted(grads, nbr, axis, 0.0).reshape(-1, 3)[idx]
             g = g0 * (1 - f[:, None]) + g1 * f[:, None]
-            c0 = self.color[:n].reshape(-1, 3)[idx]
-            c1 = self._shifted(self.color, nbr, axis, 0.0).reshape(-1, 3)[idx]
+            c0 = color.reshape(-1, 3)[idx]
+            c1 = self._shifted(color, nbr, axis, 0.0).reshape(-1, 3)[idx]
             pts.append(p)
             nrm.append(g)
             col.append(c0 * (1 - f[:, None]) + c1 * f[:, None])
@@ -434,15 +511,14 @@ class TSDFVolume:
         return (p.cpu().numpy().astype(np.float32), g.cpu().numpy().astype(np.float32),
                 c.cpu().numpy(), torch.cat(wts).cpu().numpy().astype(np.float32))
 
-    def _gradient(self, nbr: torch.Tensor) -> torch.Tensor:
+    def _gradient(self, nbr: torch.Tensor, t0: torch.Tensor) -> torch.Tensor:
         """(n, 512, 3) forward-difference TSDF gradient (points out of the surface, towards
         free space); zero where a neighbour is unobserved."""
         n = self.n
-        t0 = self.tsdf[:n]
         ok0 = self.weight[:n] > _EMPTY_W
         g = []
         for axis in range(3):
-            t1 = self._shifted(self.tsdf, nbr, axis, 1.0)
+            t1 = self._shifted(t0, nbr, axis, 1.0)
             w1 = self._shifted(self.weight, nbr, axis, 0.0)
             g.append(torch.where(ok0 & (w1 > _EMPTY_W), t1 - t0, torch.zeros_like(t0)))
         return torch.stack(g, -1)
@@ -471,8 +547,8 @@ class TSDFVolume:
         vkey = pack_keys(vijk)
         order = torch.argsort(vkey)
         vkey, obs, vijk = vkey[order], obs[order], vijk[order]
-        tv = self.tsdf[:n].reshape(-1)[obs]
-        cv = self.color[:n].reshape(-1, 3)[obs]
+        tv = self.tsdf.reshape(-1)[obs]
+        cv = self.color.reshape(-1, 3)[obs]
 
         def find(ijk: torch.Tensor) -> torch.Tensor:
             k = pack_keys(ijk)
@@ -567,4 +643,4 @@ class TSDFVolume:
         w = self.count[:self.n].reshape(-1)
         idx = torch.nonzero(w >= self.min_weight).reshape(-1)
         return (self.voxel_centres().reshape(-1, 3)[idx].cpu().numpy(),
-                self.tsdf[:self.n].reshape(-1)[idx].cpu().numpy(), w[idx].cpu().numpy())
+                self.tsdf.reshape(-1)[idx].cpu().numpy(), w[idx].cpu().numpy())
