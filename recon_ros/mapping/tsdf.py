@@ -57,7 +57,8 @@ _BITS = 21
 _OFF = 1 << (_BITS - 1)
 _LIMIT = _OFF - 1
 _EMPTY_W = 1e-6  # weights below this count as "never observed"
-_ARRAYS = ("keys", "coords", "tsdf_sum", "weight", "count", "color_sum", "last_seen", "born")
+_COLOR_SUMS = ("red_sum", "green_sum", "blue_sum")  # sums of w * channel, one plane each
+_ARRAYS = ("keys", "coords", "tsdf_sum", "weight", "count", "last_seen", "born") + _COLOR_SUMS
 _TILE = 8  # occlusion culling: tile size (pixels) ...
 _DIL = 2  # ... and dilation (tiles)
 _NEAR_Z = 1e-6  # voxels nearer to the camera plane are not projected
@@ -113,7 +114,8 @@ class TSDFVolume:
         self.tsdf_sum = torch.empty((cap, VPB), dtype=torch.float32, device=dev)  # sum of w * tsdf
         self.weight = torch.empty((cap, VPB), dtype=torch.float32, device=dev)
         self.count = torch.empty((cap, VPB), dtype=torch.float32, device=dev)
-        self.color_sum = torch.empty((cap, VPB, 3), dtype=torch.float32, device=dev)  # sum of w * rgb
+        for name in _COLOR_SUMS:
+            setattr(self, name, torch.empty((cap, VPB), dtype=torch.float32, device=dev))
         self.last_seen = torch.empty(cap, dtype=torch.int64, device=dev)
         self.born = torch.empty(cap, dtype=torch.int64, device=dev)
         self._sorted: Optional[tuple[torch.Tensor, torch.Tensor]] = None
@@ -132,7 +134,12 @@ class TSDFVolume:
     @property
     def color(self) -> torch.Tensor:
         """(n, 512, 3) weighted mean colour of every voxel (0 = unobserved)."""
-        return _mean(self.color_sum[:self.n], self.weight[:self.n, :, None], 0.0)
+        return self._color_of(torch.arange(self.n, device=self.device))
+
+    def _color_of(self, idx: torch.Tensor) -> torch.Tensor:
+        """(len(idx), 512, 3) weighted mean colour of the blocks ``idx``."""
+        total = torch.stack([getattr(self, name)[idx] for name in _COLOR_SUMS], -1)
+        return _mean(total, self.weight[idx][..., None], 0.0)
 
     def stats(self) -> VolumeStats:
         w = self.weight[:self.n]
@@ -180,7 +187,8 @@ class TSDFVolume:
             self.tsdf_sum[sl] = 0.0
             self.weight[sl] = 0.0
             self.count[sl] = 0.0
-            self.color_sum[sl] = 0.0
+            for name in _COLOR_SUMS:
+                getattr(self, name)[sl] = 0.0
             self.last_seen[sl] = self.tick
             self.born[sl] = self.tick
             idx[idx < 0] = torch.arange(self.n, self.n + m, device=self.device)
@@ -195,7 +203,7 @@ class TSDFVolume:
         out = {"coords": self.coords[idx].cpu().numpy(),
                "tsdf": _mean(self.tsdf_sum[idx], w, 1.0).cpu().numpy(),
                "weight": w.cpu().numpy(), "count": self.count[idx].cpu().numpy(),
-               "color": _mean(self.color_sum[idx], w[..., None], 0.0).round().clamp(0, 255)
+               "color": self._color_of(idx).round().clamp(0, 255)
                .to(torch.uint8).cpu().numpy(),
                "voxel_size": np.float64(self.voxel), "block": np.int64(BLOCK)}
         keep = torch.ones(self.n, dtype=torch.bool, device=self.device)
@@ -252,46 +260,42 @@ class TSDFVolume:
                                             fused_at if sign < 0 else None)
         if blocks.numel() == 0:
             return self.tick
-        voxels = self._project(blocks, depth, trunc, fx, fy, cx, cy, s, Rt, tt, near)
-        if voxels is None:
-            return self.tick
-        k, pix, z = voxels
-        # --- the readings of the kept voxels, from per-pixel tables (one row per pixel of the
-        # padded image: the update needs only these and the voxel depth)
-        table = self._pixel_table(depth, trunc, weights, counts)
-        rows = table.index_select(1, pix)
-        d_k = rows[0]
-        tsdf_i = (d_k - z).mul_(rows[1]).clamp_(max=1.0)  # sdf / trunc, free space = +1
-        w_i = rows[2]
-        if noise_power:
-            zz = torch.minimum(z, d_k).clamp_(min=1e-3)
-            if noise_power == 2.0:
-                zz = zz.mul_(zz).square_()
-            else:
-                zz = zz.pow_(2.0 * noise_power)
-            w_i = w_i / zz
-        if sign < 0:
-            w_i = -w_i
-        # --- the sums of the kept voxels: every update is an addition, so a removal (negative
-        # weight) is exact and no voxel state has to be read
-        offset = (blocks - torch.arange(blocks.numel(), device=dev)) * VPB
-        flat = offset.index_select(0, k >> 9).add_(k)
-        self.weight.view(-1).index_add_(0, flat, w_i)
-        self.tsdf_sum.view(-1).index_add_(0, flat, tsdf_i.mul_(w_i))
-        cnt = rows[3] if counts is not None else torch.ones_like(w_i)
-        self.count.view(-1).index_add_(0, flat, cnt, alpha=sign)
+        pix, z = self._project(blocks, depth, fx, fy, cx, cy, s, Rt, tt, near)
+        # --- the reading under every voxel, from per-pixel planes of the padded image (weight
+        # and count are 0 on the border and where there is no reading: those voxels add 0)
+        if counts is None:
+            counts = (weights > 0).to(torch.float32)
+        planes = [depth, trunc.reciprocal(), weights, counts]
         if colors is not None:
-            c_i = self._padded_rows(colors).index_select(0, pix)
-            # (a contiguous weight per channel: broadcasting it is several times slower)
-            c_i.mul_(w_i.repeat_interleave(3).view(-1, 3))
-            self.color_sum.view(-1, 3).index_add_(0, flat, c_i)
-        if sign < 0 or float(w_i.min()) <= _EMPTY_W:
+            planes += [colors[..., 0], colors[..., 1], colors[..., 2]]
+        rows = self._padded_planes(planes).index_select(1, pix).view(len(planes), -1, VPB)
+        d, w_i, n_i = rows[0], rows[2], rows[3]
+        if noise_power:
+            zz = torch.minimum(z, d).clamp_(min=1e-3)
+            zz = zz.mul_(zz).square_() if noise_power == 2.0 else zz.pow_(2.0 * noise_power)
+            w_i.div_(zz)
+        tsdf_i = d.sub_(z).mul_(rows[1])  # sdf / trunc
+        # voxels farther than trunc behind the reading are occluded: not updated
+        seen = tsdf_i >= -1.0
+        w_i.mul_(seen)
+        n_i.mul_(seen)
+        tsdf_i.clamp_(max=1.0)  # free space: +1
+        if sign < 0:
+            w_i.neg_()
+            n_i.neg_()
+        # --- every update is an addition to the voxel sums (dense rows of the visible blocks),
+        # so a removal (negative weight) is exact and no voxel state is read
+        sums = [(self.weight, w_i), (self.tsdf_sum, tsdf_i.mul_(w_i)), (self.count, n_i)]
+        if colors is not None:
+            sums += [(getattr(self, name), rows[4 + c].mul_(w_i)) for c, name in enumerate(_COLOR_SUMS)]
+        for arr, add in sums:
+            arr.index_add_(0, blocks, add)
+        if sign < 0 or self._min_weight(depth, weights, noise_power) <= _EMPTY_W:
             # a voxel whose weight falls to (near) zero is reset to empty
-            e = flat[self.weight.view(-1).index_select(0, flat) <= _EMPTY_W]
-            if e.numel():
-                for arr in (self.weight, self.tsdf_sum, self.count):
-                    arr.view(-1).index_fill_(0, e, 0.0)
-                self.color_sum.view(-1, 3).index_fill_(0, e, 0.0)
+            empty = self.weight.index_select(0, blocks) <= _EMPTY_W
+            for name in ("weight", "tsdf_sum", "count") + _COLOR_SUMS:
+                arr = getattr(self, name)
+                arr.index_copy_(0, blocks, arr.index_select(0, blocks).masked_fill_(empty, 0.0))
         if sign > 0:
             self.last_seen[blocks] = self.tick
         return self.tick
@@ -337,18 +341,15 @@ class TSDFVolume:
         tj = (uc / _TILE).floor().clamp(0, tiles.shape[1] - 1).to(torch.int64)
         return tiles[ti, tj]
 
-    def _project(self, blocks, depth, trunc, fx, fy, cx, cy, s, Rt, tt, near: bool
-                 ) -> Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Every voxel of ``blocks`` projected into the depth image: (voxel index k into
-        (blocks, 512), its pixel in the padded image, its camera depth z) of the voxels the
-        reading under them updates: in front of the reading or at most ``trunc`` behind it.
+    def _project(self, blocks, depth, fx, fy, cx, cy, s, Rt, tt, near: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every voxel of ``blocks`` projected into the depth image: (its pixel in the image
+        padded by one pixel on every side (B * 512,) int32, its camera depth z (B, 512)).
 
-        The hot loop, over every voxel of the visible blocks, kept to a few passes: the
-        projection is linear in the voxel's camera coordinates until the division by depth, so
-        per-block and per-offset terms are added once; the image is padded by one invalid pixel
-        on every side and pixel coordinates are clamped onto that border, so voxels projecting
-        off the image need no bounds test; one per-pixel "farthest updated depth" image (-inf
-        where there is no reading) decides which voxels are kept.
+        The projection is linear in the voxel's camera coordinates until the division by
+        depth, so per-block and per-offset terms are added once; pixel coordinates are clamped
+        onto the padding, so voxels projecting off the image (or at or behind the camera
+        plane) land on a border pixel that holds no reading and need no bounds test.
         """
         H, W = depth.shape
         vs = self.voxel
@@ -360,41 +361,27 @@ class TSDFVolume:
         local = ((self._local.to(torch.float32) + 0.5) * vs) @ M  # (512, 3)
         z = origin[:, None, 2] + local[None, :, 2]  # (B, 512)
         iz = z.reciprocal()
-        if near:  # voxels at or behind the camera plane land on the invalid border
+        if near:
             iz.masked_fill_(z <= _NEAR_Z, 0.0)
         u = (origin[:, None, 0] + local[None, :, 0]).mul_(iz).clamp_(0.0, W + 1.0).to(torch.int32)
         v = (origin[:, None, 1] + local[None, :, 1]).mul_(iz).clamp_(0.0, H + 1.0).to(torch.int32)
-        pix = u.add_(v, alpha=W + 2).view(-1)  # truncation is the floor: non-negative
-        farthest = torch.nn.functional.pad(
-            torch.where(depth > 0, depth + trunc, torch.full_like(depth, -math.inf)),
-            (1, 1, 1, 1), value=-math.inf).view(-1)
-        zf = z.view(-1)
-        k = torch.nonzero(farthest.index_select(0, pix) >= zf).view(-1)
-        if k.numel() == 0:
-            return None
-        return k, pix.index_select(0, k), zf.index_select(0, k)
-
-    def _pixel_table(self, depth, trunc, weights, counts) -> torch.Tensor:
-        """(C, (H + 2) * (W + 2)) planes of the padded image (0 on the border): depth,
-        1 / trunc, weight and (when given) count."""
-        H, W = depth.shape
-        table = torch.zeros((3 + (counts is not None), H + 2, W + 2), dtype=torch.float32,
-                            device=self.device)
-        inner = table[:, 1:H + 1, 1:W + 1]
-        inner[0] = depth
-        torch.reciprocal(trunc, out=inner[1])
-        inner[2] = weights
-        if counts is not None:
-            inner[3] = counts
-        return table.view(table.shape[0], -1)
+        return u.add_(v, alpha=W + 2).view(-1), z  # truncation is the floor: non-negative
 
     @staticmethod
-    def _padded_rows(img: torch.Tensor) -> torch.Tensor:
-        """(H, W, C) image -> ((H + 2) * (W + 2), C) rows of it padded by 0 on every side."""
-        H, W, C = img.shape
-        out = torch.zeros((H + 2, W + 2, C), dtype=torch.float32, device=img.device)
-        out[1:H + 1, 1:W + 1] = img
-        return out.view(-1, C)
+    def _min_weight(depth, weights, noise_power: float) -> float:
+        """A lower bound of the weight any reading of the frame gives a voxel."""
+        ok = weights > 0
+        if not bool(ok.any()):
+            return math.inf
+        return float((weights[ok] / depth[ok].clamp(min=1e-3).pow(2.0 * noise_power)).min())
+
+    def _padded_planes(self, planes: list[torch.Tensor]) -> torch.Tensor:
+        """(H, W) images -> (C, (H + 2) * (W + 2)) float32, padded by 0 on every side."""
+        H, W = planes[0].shape
+        out = torch.zeros((len(planes), H + 2, W + 2), dtype=torch.float32, device=self.device)
+        for i, p in enumerate(planes):
+            out[i, 1:H + 1, 1:W + 1] = p
+        return out.view(len(planes), -1)
 
     def _allocate_from_depth(self, depth, weights, trunc, fx, fy, cx, cy, s, Rt, tt) -> None:
         """Allocate the blocks within the truncation band around the measured surface."""
@@ -405,7 +392,10 @@ class TSDFVolume:
         dmax = float(depth.max()) if depth.numel() else 0.0
         if dmax <= 0:
             return
-        dmed = float(depth[depth > 0].median())
+        # (the median of a 1/16 sample: the step needs no more precision)
+        sample = depth[::4, ::4]
+        sample = sample[sample > 0]
+        dmed = float((sample if sample.numel() else depth[depth > 0]).median())
         step = int(min(16, max(1, 0.5 * bs / s * fx / max(dmed, 1e-6))))
         d = depth[::step, ::step]
         w = weights[::step, ::step]
