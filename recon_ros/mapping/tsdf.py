@@ -16,14 +16,23 @@ flying pixel seen once, is later seen *through*; every such view pushes its voxe
 crossing disappears. Carving reaches every allocated block in front of the measured surface
 (not only the blocks next to it), found by projecting all block centres.
 
-Every update is an addition of ``(w, w * tsdf, w * colour)``; a frame integrated with weight
-``-w`` is removed again (de-integration). The loop-closure code relies on this (see
-:mod:`recon_ros.mapping.surface_map`). Weights are never clamped, so removing a frame is
-exact up to floating point; a voxel whose weight falls to (near) zero is reset to empty.
+Every voxel stores the sums ``(w, w * tsdf, w * r, w * g, w * b, count)``; the weighted mean
+TSDF and colour are divided out when a surface is extracted (:attr:`TSDFVolume.tsdf`,
+:attr:`TSDFVolume.color`). Every update is an addition to these sums that reads no voxel
+state, and a frame integrated with weight ``-w`` is removed again (de-integration). The
+loop-closure code relies on this (see :mod:`recon_ros.mapping.surface_map`). Weights are never
+clamped, so removing a frame is exact up to floating point, in any order; a voxel whose weight
+falls to (near) zero is reset to empty.
+
+Cost per frame (docs/mapping.md, "Integration cost"): one projected point per block selects
+the visible blocks; their voxels are projected onto the depth image padded by one empty pixel
+(no bounds tests), read their reading from per-pixel planes with one gather, and each sum is
+added to the blocks' rows with one ``index_add_``: a few passes over the voxels of the visible
+blocks, all plain tensor operations, so the same code runs on CUDA.
 
 Why hand-written instead of Open3D's ``VoxelBlockGrid``: it runs on the model's torch device
 (CPU or CUDA) with no further dependency, supports de-integration and carving of free-space
-blocks, and is as fast on this project's benchmark (docs/mapping.md has the numbers).
+blocks, and meets the project's fusion budget (docs/mapping.md has the numbers).
 
 Surface products: zero-crossing points with TSDF-gradient normals and colours
 (:meth:`TSDFVolume.extract_points`) and a triangle mesh (:meth:`TSDFVolume.extract_mesh`,
@@ -232,7 +241,7 @@ class TSDFVolume:
         update in front of a far reading is as certain as a reading at the voxel's depth, not
         as uncertain as the far reading). ``counts`` (H, W)
         what each reading adds to the observation count that the minimum-weight rule reads
-        (default 1), ``colors`` (H, W, 3) float.
+        (default 1), ``colors`` (H, W, 3) float or uint8.
         ``sign=-1`` removes a frame integrated before with the same arguments; ``fused_at`` is
         the tick that integration returned, so that blocks allocated after it (which never
         received the frame) are left alone - removal is then exact.
@@ -276,8 +285,8 @@ class TSDFVolume:
             w_i.div_(zz)
         tsdf_i = d.sub_(z).mul_(rows[1])  # sdf / trunc
         # voxels farther than trunc behind the reading are occluded: not updated
-        seen = tsdf_i >= -1.0
-        w_i.mul_(seen)
+        seen = torch.ge(tsdf_i, -1.0, out=torch.empty_like(tsdf_i))  # 1.0 / 0.0 (a float mask
+        w_i.mul_(seen)  # multiplies at about twice the speed of a bool one)
         n_i.mul_(seen)
         tsdf_i.clamp_(max=1.0)  # free space: +1
         if sign < 0:
@@ -369,11 +378,10 @@ class TSDFVolume:
 
     @staticmethod
     def _min_weight(depth, weights, noise_power: float) -> float:
-        """A lower bound of the weight any reading of the frame gives a voxel."""
-        ok = weights > 0
-        if not bool(ok.any()):
-            return math.inf
-        return float((weights[ok] / depth[ok].clamp(min=1e-3).pow(2.0 * noise_power)).min())
+        """A lower bound of the weight any reading of the frame gives a voxel: the smallest
+        confidence at the largest depth."""
+        w = float(weights.masked_fill(weights <= 0, math.inf).min())
+        return w / max(float(depth.max()), 1e-3) ** (2.0 * noise_power)
 
     def _padded_planes(self, planes: list[torch.Tensor]) -> torch.Tensor:
         """(H, W) images -> (C, (H + 2) * (W + 2)) float32, padded by 0 on every side."""
