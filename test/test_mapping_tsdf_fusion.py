@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pytest
 import torch
 
 from mapping_scene import BoxRoom, camera, loop_trajectory
@@ -44,10 +45,10 @@ def _frame(room: BoxRoom, T: np.ndarray, rng: np.random.Generator) -> Frame:
 
 
 def _fuse(vol: TSDFVolume, f: Frame, sign: float = 1.0) -> int:
-    return vol.integrate(torch.from_numpy(f.depth), f.K, f.T, torch.from_numpy(f.trunc),
-                         colors=torch.from_numpy(f.rgb.astype(np.float32)),
-                         weights=torch.from_numpy(f.weights), counts=torch.from_numpy(f.counts),
-                         noise_power=NOISE_POWER, sign=sign, fused_at=f.tick)
+    def t(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(vol.device)
+    return vol.integrate(t(f.depth), f.K, f.T, t(f.trunc), colors=t(f.rgb), weights=t(f.weights),
+                         counts=t(f.counts), noise_power=NOISE_POWER, sign=sign, fused_at=f.tick)
 
 
 def reference_sums(vol: TSDFVolume, frames: list[Frame]) -> dict[str, np.ndarray]:
@@ -55,8 +56,8 @@ def reference_sums(vol: TSDFVolume, frames: list[Frame]) -> dict[str, np.ndarray
     every block that existed when the frame was fused, projected to its nearest pixel; a voxel
     in front of the reading or at most ``trunc`` behind it adds weight ``w / min(z, d)^4``,
     ``weight * min(sdf / trunc, 1)``, the count and ``weight * colour``."""
-    coords = vol.coords[:vol.n].numpy().astype(np.float64)
-    born = vol.born[:vol.n].numpy()
+    coords = vol.coords[:vol.n].cpu().numpy().astype(np.float64)
+    born = vol.born[:vol.n].cpu().numpy()
     r = np.arange(BLOCK)
     lz, ly, lx = np.meshgrid(r, r, r, indexing="ij")
     local = np.stack([lx.ravel(), ly.ravel(), lz.ravel()], 1)
@@ -88,7 +89,7 @@ def _mismatch(vol: TSDFVolume, ref: dict[str, np.ndarray]) -> dict[str, float]:
     updated = max(int((ref["weight"] != 0).sum()), 1)
     out = {}
     for name in SUMS:
-        got = getattr(vol, name)[:vol.n].numpy().astype(np.float64)
+        got = getattr(vol, name)[:vol.n].cpu().numpy().astype(np.float64)
         scale = np.abs(ref[name]).max()
         bad = ~np.isclose(got, ref[name], rtol=1e-4, atol=1e-6 * scale)
         out[name] = float(bad.sum()) / updated
@@ -106,9 +107,13 @@ def _loop_frames(n: int, seed: int = 0) -> list[Frame]:
     return frames
 
 
-def test_integration_equals_the_per_voxel_definition():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_integration_equals_the_per_voxel_definition(device):
+    """Also on CUDA (``-m gpu``): the same tensor code is the GPU path."""
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.fail("marked gpu but CUDA is not available")
     frames = _loop_frames(8)
-    vol = TSDFVolume(VOXEL)
+    vol = TSDFVolume(VOXEL, device=device)
     for f in frames:
         f.tick = _fuse(vol, f)
     ref = reference_sums(vol, frames)
