@@ -195,10 +195,11 @@ class SurfaceMap:
         (H, W, 3 uint8), per-pixel confidence (H, W; 0 = ignore) and intrinsics, seen from
         ``T_world_cam`` (rigid or Sim(3)). Returns False when it had no valid depth."""
         t0 = time.perf_counter()
-        depth = np.nan_to_num(np.asarray(depth, dtype=np.float32), nan=0.0)
-        depth, colors, confidence, K = subsample(depth, np.asarray(colors, dtype=np.uint8),
+        depth, colors, confidence, K = subsample(np.asarray(depth, dtype=np.float32),
+                                                 np.asarray(colors, dtype=np.uint8),
                                                  np.asarray(confidence, dtype=np.float32), K,
                                                  self.config.fusion_max_width)
+        depth = np.nan_to_num(depth, nan=0.0)
         if not np.any(depth > 0):
             return False
         fr = FusedFrame(int(stamp_ns), depth.astype(np.float16), colors, confidence.astype(np.float16), K,
