@@ -266,3 +266,26 @@ def test_resume_outside_the_saved_map_maps_on_in_a_segment(loop, tmp_path):
     corrected = [(by_stamp[s], "", T) for s, T in poses.items()]
     assert len(corrected) >= len(frames) - 5
     assert _max_error(loop, corrected) < 0.02
+
+
+def test_volume_round_trip_gives_the_same_surface(loop):
+    """export_volume -> load_volume restores the surface (points, colours, the minimum-weight
+    rule's counts) up to the colour rounding of the saved format."""
+    from recon_ros.mapping.surface_map import SurfaceMap
+
+    K, poses, render = loop
+    cfg = _config().map
+    a = SurfaceMap(cfg)
+    for i in range(0, 12, 2):
+        rgb, depth = render(i)
+        a.integrate_depth(i, depth, rgb, np.ones_like(depth), K, np.linalg.inv(poses[0]) @ poses[i])
+    b = SurfaceMap(cfg)
+    b.load_volume(a.export_volume())
+    assert b.volume.n == a.volume.n
+    pa, pb = a.points(), b.points()
+    assert len(pa[0]) == len(pb[0]) > 1000
+    oa, ob = np.lexsort(pa[0].T), np.lexsort(pb[0].T)
+    np.testing.assert_allclose(pb[0][ob], pa[0][oa], atol=1e-5)  # xyz
+    assert np.abs(pb[2][ob].astype(int) - pa[2][oa].astype(int)).max() <= 1  # rgb
+    with pytest.raises(ValueError, match="shape"):
+        b.load_volume({**a.export_volume(), "weight": np.zeros((1, 3))})

@@ -33,9 +33,10 @@ import numpy as np
 import torch
 
 from recon_ros.geometry.transforms import sim3_decompose
+from recon_ros.io.arrays import write_npz
 from recon_ros.mapping.frame import FrameEstimate
 from recon_ros.mapping.schema import MapConfig
-from recon_ros.mapping.tsdf import BLOCK, VPB, TSDFVolume, pack_keys
+from recon_ros.mapping.tsdf import BLOCK, VPB, TSDFVolume
 
 log = logging.getLogger(__name__)
 
@@ -305,7 +306,7 @@ class SurfaceMap:
             from recon_ros.io.atomic import atomic_path
             path = Path(directory).expanduser() / f"blocks_{self._evict_files:06d}.npz"
             with atomic_path(path, suffix=".npz") as tmp:
-                np.savez_compressed(tmp, **out)
+                write_npz(tmp, out, compress_floats=True)  # mostly empty voxels
             self._evict_files += 1
             where = f"written to {path}"
         log.info("map over %.0f MiB: %d least recently seen blocks left the live map (%s; %d so far)",
@@ -315,18 +316,14 @@ class SurfaceMap:
     def export_volume(self) -> dict[str, np.ndarray]:
         """Every block of the volume as arrays (coords, tsdf, weight, count, colour uint8,
         voxel size), the layout of the evicted-block files."""
-        vol, n = self.volume, self.volume.n
-        return {"coords": vol.coords[:n].cpu().numpy(), "tsdf": vol.tsdf[:n].cpu().numpy(),
-                "weight": vol.weight[:n].cpu().numpy(), "count": vol.count[:n].cpu().numpy(),
-                "color": vol.color[:n].round().clamp(0, 255).to(torch.uint8).cpu().numpy(),
-                "voxel_size": np.float64(self.voxel), "block": np.int64(BLOCK)}
+        return self.volume.block_arrays()
 
     def load_volume(self, arrays: dict[str, np.ndarray]) -> None:
         """Replace the volume by saved blocks (what :meth:`export_volume` wrote). The loaded
         surface has no stored frames: corrections move only what is fused after it."""
-        coords = np.asarray(arrays["coords"], dtype=np.int64)
-        n = len(coords)
-        shapes = {"tsdf": (n, VPB), "weight": (n, VPB), "count": (n, VPB), "color": (n, VPB, 3)}
+        n = len(np.asarray(arrays["coords"]))
+        shapes = {"coords": (n, 3), "tsdf": (n, VPB), "weight": (n, VPB), "count": (n, VPB),
+                  "color": (n, VPB, 3)}
         for name, shape in shapes.items():
             if np.shape(arrays[name]) != shape:
                 raise ValueError(f"volume: {name} has shape {np.shape(arrays[name])}, expected {shape}")
@@ -334,13 +331,7 @@ class SurfaceMap:
             raise ValueError(f"volume: blocks of {int(arrays['block'])} voxels of "
                              f"{float(arrays['voxel_size'])} m, expected {BLOCK} of {self.voxel} m")
         self.clear()
-        vol = self.volume
-        c = torch.as_tensor(coords, device=self.device)
-        vol.allocate(c)
-        idx = vol.lookup(pack_keys(c))
-        for name in shapes:
-            value = torch.as_tensor(np.asarray(arrays[name]), device=self.device).to(torch.float32)
-            getattr(vol, name)[idx] = value
+        self.volume.insert_blocks(arrays)
         self._enforce_memory()
 
     def snapshot(self) -> "SurfaceMap":

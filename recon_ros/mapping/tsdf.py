@@ -215,16 +215,39 @@ class TSDFVolume:
         out._sorted = None
         return out
 
-    def remove_blocks(self, idx: torch.Tensor) -> dict[str, np.ndarray]:
-        """Drop blocks (by index) and return their content as numpy arrays (for saving)."""
-        idx = torch.unique(idx.to(self.device))
+    def block_arrays(self, idx: Optional[torch.Tensor] = None) -> dict[str, np.ndarray]:
+        """The content of blocks ``idx`` (default: all) as numpy arrays: coords (M, 3), mean
+        tsdf, weight and count (M, 512), mean colour (M, 512, 3) uint8, voxel size, block
+        size. :meth:`insert_blocks` reads it back."""
+        idx = torch.arange(self.n, device=self.device) if idx is None else idx.to(self.device)
         w = self.weight[idx]
-        out = {"coords": self.coords[idx].cpu().numpy(),
-               "tsdf": _mean(self.tsdf_sum[idx], w, 1.0).cpu().numpy(),
-               "weight": w.cpu().numpy(), "count": self.count[idx].cpu().numpy(),
-               "color": self._color_of(idx).round().clamp(0, 255)
-               .to(torch.uint8).cpu().numpy(),
-               "voxel_size": np.float64(self.voxel), "block": np.int64(BLOCK)}
+        return {"coords": self.coords[idx].cpu().numpy(),
+                "tsdf": _mean(self.tsdf_sum[idx], w, 1.0).cpu().numpy(),
+                "weight": w.cpu().numpy(), "count": self.count[idx].cpu().numpy(),
+                "color": self._color_of(idx).round().clamp(0, 255).to(torch.uint8).cpu().numpy(),
+                "voxel_size": np.float64(self.voxel), "block": np.int64(BLOCK)}
+
+    def insert_blocks(self, arrays: dict[str, np.ndarray]) -> None:
+        """Add blocks :meth:`block_arrays` returned (their voxels replace any there)."""
+        coords = torch.as_tensor(np.asarray(arrays["coords"], dtype=np.int64), device=self.device)
+        if coords.numel() == 0:
+            return
+        self.allocate(coords)
+        idx = self.lookup(pack_keys(coords))
+        f32 = lambda name: torch.as_tensor(np.asarray(arrays[name]), device=self.device).to(torch.float32)  # noqa: E731
+        w = f32("weight")
+        self.weight[idx] = w
+        self.count[idx] = f32("count")
+        self.tsdf_sum[idx] = f32("tsdf") * w
+        color = f32("color")
+        for c, name in enumerate(_COLOR_SUMS):
+            getattr(self, name)[idx] = color[..., c] * w
+        self.last_seen[idx] = self.tick
+
+    def remove_blocks(self, idx: torch.Tensor) -> dict[str, np.ndarray]:
+        """Drop blocks (by index) and return their content (:meth:`block_arrays`, for saving)."""
+        idx = torch.unique(idx.to(self.device))
+        out = self.block_arrays(idx)
         keep = torch.ones(self.n, dtype=torch.bool, device=self.device)
         keep[idx] = False
         kept = int(keep.sum())
