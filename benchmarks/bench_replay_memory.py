@@ -68,7 +68,10 @@ def main() -> None:
             samples.append(dict(frame=i, keyframes=st["keyframes"], keyframe_bytes=st["map_bytes"],
                                 volume_blocks=st["surface_blocks"], volume_mib=round(recon.surface.volume.nbytes / 2**20, 2),
                                 evicted_blocks=st["surface_evicted_blocks"],
-                                frames_released=st["surface_frames_released"], rss_mb=round(rss_mb(), 1),
+                                frames_released=st["surface_frames_released"],
+                                reloc_keyframes=st.get("frontend_reloc_keyframes", 0),
+                                reloc_mib=round(st.get("frontend_reloc_bytes", 0) / 2**20, 2),
+                                trajectory=len(recon.trajectory(corrected=False)), rss_mb=round(rss_mb(), 1),
                                 seconds=round(time.perf_counter() - t0, 1)))
             print(samples[-1], flush=True)
     recon.flush()
