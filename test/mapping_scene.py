@@ -109,3 +109,16 @@ def rgbd_sequence(width: int, height: int, n: int, noise: float, seed: int = 0):
         depth = depth + rng.normal(0, noise, depth.shape).astype(np.float32)
         frames.append(Frame(stamp_ns=int(i * 33_333_333), rgb=rgb, K=K, depth=depth, index=i))
     return room, traj, frames
+
+
+def quick_rgbd_config(**values):
+    """A ReconConfig for the rgbd frontend at reduced tracking and fusion resolution (tests
+    need speed, not millimetres); ``values`` set further parameters by dotted name."""
+    from recon_ros.config import set_value
+    from recon_ros.mapping.reconstructor import ReconConfig
+
+    cfg = ReconConfig()
+    for name, value in {"frontend.name": "rgbd", "tracking.max_width": 80, "tracking.pyramid_levels": 3,
+                        "map.voxel_size_m": 0.04, "map.fusion_max_width": 160, **values}.items():
+        set_value(cfg, name, value)
+    return cfg

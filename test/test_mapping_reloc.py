@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mapping_scene import BoxRoom, camera, loop_trajectory
+from mapping_scene import BoxRoom, camera, loop_trajectory, quick_rgbd_config
 from recon_ros.mapping.frame import Frame
 from recon_ros.mapping.frontend import LOST, RELOCALIZED, TRACKING
 from recon_ros.mapping.reconstructor import ReconConfig, Reconstructor
@@ -312,13 +312,7 @@ def test_long_loss_starts_a_segment_that_joins_the_map_later(loop):
     guess) and mapping goes on. When the segment comes back to the first turn's views, one of
     its keyframes is relocalized in segment 0, and its frames and keyframes move to where
     they belong: the whole trajectory ends within 2 cm of the truth."""
-    cfg = ReconConfig()
-    cfg.frontend.name = "rgbd"
-    cfg.tracking.max_width = 80
-    cfg.tracking.pyramid_levels = 3
-    cfg.map.voxel_size_m = 0.04
-    cfg.map.fusion_max_width = 160
-    cfg.relocalization.new_segment_after_s = 0.1  # three frames
+    cfg = quick_rgbd_config(**{"relocalization.new_segment_after_s": 0.1})  # three frames
     recon = Reconstructor(cfg)
     frames = list(range(0, 20)) + list(range(40, 72))  # frames 20-39 skipped: a kidnap of 150 degrees
     states = []
@@ -350,13 +344,7 @@ def test_a_segment_left_behind_joins_when_the_map_reaches_it(loop):
     to a mapped part and relocalized there (tracking goes on in segment 0, the segment is left
     behind). When mapping in segment 0 reaches the segment's part of the room, the segment is
     moved into segment 0: every frame ends within 2 cm of the truth."""
-    cfg = ReconConfig()
-    cfg.frontend.name = "rgbd"
-    cfg.tracking.max_width = 80
-    cfg.tracking.pyramid_levels = 3
-    cfg.map.voxel_size_m = 0.04
-    cfg.map.fusion_max_width = 160
-    cfg.relocalization.new_segment_after_s = 0.1
+    cfg = quick_rgbd_config(**{"relocalization.new_segment_after_s": 0.1})
     recon = Reconstructor(cfg)
     frames = list(range(0, 20)) + list(range(32, 40)) + list(range(6, 44))
     for n, i in enumerate(frames):

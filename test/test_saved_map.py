@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mapping_scene import BoxRoom, camera, loop_trajectory
+from mapping_scene import BoxRoom, camera, loop_trajectory, quick_rgbd_config
 from recon_ros.cli import main as cli_main
 from recon_ros.errors import DataFormatError, UserInputError
 from recon_ros.mapping.frame import Frame
@@ -42,16 +42,7 @@ def loop():
 
 
 def _config(load_path: str = "", mode: str = "mapping") -> ReconConfig:
-    """rgbd at reduced tracking and fusion resolution (the tests need speed, not millimetres)."""
-    cfg = ReconConfig()
-    cfg.frontend.name = "rgbd"
-    cfg.tracking.max_width = 80
-    cfg.tracking.pyramid_levels = 3
-    cfg.map.voxel_size_m = 0.04
-    cfg.map.fusion_max_width = 160
-    cfg.map.load_path = load_path
-    cfg.mapping.mode = mode
-    return cfg
+    return quick_rgbd_config(**{"map.load_path": load_path, "mapping.mode": mode})
 
 
 def _run(recon: Reconstructor, loop, frames, t0_ns: int) -> list:

@@ -99,17 +99,12 @@ def test_a_second_correction_replaces_the_queued_pose():
 def test_reconstructor_spreads_a_correction_over_the_next_frames():
     """apply_corrections only queues the re-fusion; every processed frame continues it within
     map.repose_budget_ms, and the end of the stream (flush) finishes it."""
+    from mapping_scene import quick_rgbd_config
     from recon_ros.mapping.frame import Frame
-    from recon_ros.mapping.reconstructor import ReconConfig, Reconstructor
+    from recon_ros.mapping.reconstructor import Reconstructor
 
     room, Kr, frames = _room_frames(30, 0.0)
-    cfg = ReconConfig()
-    cfg.frontend.name = "rgbd"
-    cfg.tracking.max_width = 80
-    cfg.tracking.pyramid_levels = 3
-    cfg.map.voxel_size_m = 0.04
-    cfg.map.repose_budget_ms = 1e-3  # one frame per step
-    recon = Reconstructor(cfg)
+    recon = Reconstructor(quick_rgbd_config(**{"map.repose_budget_ms": 1e-3}))  # one frame per step
     for i, (rgb, depth, _) in enumerate(frames[:24]):
         recon.process(Frame(stamp_ns=(i + 1) * 33_000_000, rgb=rgb, K=Kr, depth=depth, index=i))
     kfs = recon.keyframes()
