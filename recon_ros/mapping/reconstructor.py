@@ -232,12 +232,13 @@ class Reconstructor:
             raise DataFormatError(f"the map at {saved.path} has no relocalization database (made by "
                                   f"the {saved.frontend} frontend or with relocalization disabled), "
                                   "so it cannot be continued")
-        if not np.isclose(saved.voxel_size_m, self.cfg.map.voxel_size_m):
+        map_cfg = self.cfg.map
+        if not np.isclose(saved.voxel_size_m, map_cfg.voxel_size_m):
             log.warning("the map at %s was fused with %.4g m voxels: using them instead of "
-                        "map.voxel_size_m %.4g", saved.path, saved.voxel_size_m, self.cfg.map.voxel_size_m)
-            self.cfg.map.voxel_size_m = saved.voxel_size_m
-        surface = SurfaceMap(self.cfg.map, device=self._device)
-        keyframe_map = KeyframeMap(self.cfg.map)
+                        "map.voxel_size_m %.4g", saved.path, saved.voxel_size_m, map_cfg.voxel_size_m)
+            map_cfg = dataclasses.replace(map_cfg, voxel_size_m=saved.voxel_size_m)
+        surface = SurfaceMap(map_cfg, device=self._device)
+        keyframe_map = KeyframeMap(map_cfg)
         try:
             surface.load_volume(saved.volume)
             for kf in saved.keyframes:
@@ -245,6 +246,7 @@ class Reconstructor:
             self.frontend.adopt_map(saved.relocalization)
         except (ValueError, KeyError) as exc:
             raise DataFormatError(f"the map at {saved.path} is malformed ({exc})") from None
+        self.cfg.map = map_cfg
         self.scaler.reset()
         self.selector.reset()
         self._reset_state()
