@@ -81,12 +81,18 @@ def loop_frames() -> list[Frame]:
     return list(iter_frames(cfg))
 
 
+def _no_transients() -> RefineConfig:
+    cfg = RefineConfig()
+    set_value(cfg, "transients.enabled", False)
+    return cfg
+
+
 def _run(frames: list[Frame], frontend: Frontend) -> tuple[Reconstructor, PeriodicRefinement]:
     cfg = ReconConfig()
     set_value(cfg, "frontend.name", "rgbd")
     recon = Reconstructor(cfg, frontend=frontend)
     schedule = ScheduleConfig(align_period_s=2.0, refine_period_s=0.0, min_keyframes=3)
-    refinement = PeriodicRefinement(RefineConfig(), schedule, map_cfg=cfg.map, transients=False)
+    refinement = PeriodicRefinement(_no_transients(), schedule, map_cfg=cfg.map)
     for frame in frames:
         step = recon.process(frame)
         refinement.add_keyframes(step.new_keyframes)
@@ -169,7 +175,7 @@ def test_periodic_mvs_improves_a_noisy_depth_prior_and_leaves_untextured_pixels_
     set_value(recon_cfg, "frontend.name", "rgbd")
     recon = Reconstructor(recon_cfg, frontend=DriftingGroundTruthFrontend(seed=1, depth_noise=0.06, pixel_noise=0.03))
     schedule = ScheduleConfig(align_period_s=0.0, refine_period_s=1000.0, min_keyframes=3)
-    refinement = PeriodicRefinement(RefineConfig(), schedule, map_cfg=recon_cfg.map, transients=False)
+    refinement = PeriodicRefinement(_no_transients(), schedule, map_cfg=recon_cfg.map)
     for frame in frames:
         refinement.add_keyframes(recon.process(frame).new_keyframes)
         refinement.step(recon, frame.stamp_ns)

@@ -29,15 +29,15 @@ def ros():
         yield refiner_node
 
 
-def make(ros, factory=None, overrides=None):
+def make(ros, factory=None, overrides=None, core_cls=FakeCoreConfig, **fake):
     from rclpy.parameter import Parameter
     made = {}
 
     def build(cfg):
-        made["r"] = FakeRefiner(cfg)
+        made["r"] = FakeRefiner(cfg, **fake)
         return made["r"]
 
-    node = ros.RefinerNode(core_cls=FakeCoreConfig, refiner_factory=factory or build,
+    node = ros.RefinerNode(core_cls=core_cls, refiner_factory=factory or build,
                            parameter_overrides=[Parameter(name=k, value=v) for k, v in (overrides or {}).items()])
     return node, made.get("r")
 
@@ -92,6 +92,36 @@ def test_refine_publishes_refined_keyframes(ros):
     assert len(msgs) == 3 and msgs[0].header.frame_id == CAM and msgs[0].height == 4
     z = M.pointcloud2_to_xyz(msgs[0])["points"][..., 2]
     assert np.allclose(z, grid_points_cam()[..., 2] + refiner.depth_offset_m)
+    assert refiner.calls == ["refine", "transients"]
+
+
+def test_refine_publishes_transients_as_invalid_points(ros):
+    """The node runs the same refine stage as replay --refine: transient pixels (here the fake
+    stage's first column) go out as NaN points, which recon_node drops from the keyframe."""
+    node, refiner = make(ros, drop_first_column=True)
+    send_keyframes(node, 3)
+    assert node.services[f"{NS}/refine"].call().success and node.wait(10.0)
+    msgs = node.publishers[f"{NS}/refined_keyframes"].messages
+    assert len(msgs) == 3
+    z = M.pointcloud2_to_xyz(msgs[0])["points"][..., 2]
+    assert np.isnan(z[:, 0]).all()
+    assert np.allclose(z[:, 1:], grid_points_cam()[:, 1:, 2] + refiner.depth_offset_m)
+    assert "transient" in node.last_result["refine"]
+
+
+@pytest.mark.parametrize("frontend,fixed", [("rgbd", True), ("spann3r", False)])
+def test_metric_frontend_keeps_keyframe_scales(ros, frontend, fixed):
+    """As in replay --refine, alignment behind a metric frontend keeps every keyframe's scale."""
+    from recon_ros.refine.schema import RefineConfig
+    got = {}
+
+    def build(cfg):
+        got["cfg"] = cfg
+        return FakeRefiner(cfg)
+
+    node, _ = make(ros, factory=build, core_cls=RefineConfig, overrides={"frontend.name": frontend})
+    assert not node.unavailable
+    assert got["cfg"].align.fix_scale is fixed
 
 
 def test_busy_and_too_few_keyframes(ros):

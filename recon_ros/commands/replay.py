@@ -68,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--refine", action="store_true",
                         help="run global alignment, MVS refinement and transient removal periodically")
-    parser.add_argument("--no-transients", action="store_true", help="with --refine: keep transient points")
+    parser.add_argument("--no-transients", action="store_true", help="with --refine: keep transient points (--refine.transients.enabled false)")
     parser.add_argument("--resume", metavar="MAP_DIR",
                         help="continue the saved map in MAP_DIR (an earlier --out folder); "
                              "shortcut for --map.load_path")
@@ -127,11 +127,12 @@ def run(args: argparse.Namespace) -> int:
     cfg = build_config(args)
     refinement = None
     if args.refine:
-        from recon_ros.config import apply_cli_args
+        from recon_ros.config import apply_cli_args, set_value
         from recon_ros.refine.periodic import PeriodicRefinement
         rargs = apply_cli_args(RefineArgs(), args)
-        refinement = PeriodicRefinement(rargs.refine, rargs.schedule, map_cfg=cfg.map,
-                                        transients=not args.no_transients)
+        if args.no_transients:
+            set_value(rargs, "refine.transients.enabled", False)
+        refinement = PeriodicRefinement(rargs.refine, rargs.schedule, map_cfg=cfg.map)
     source = open_input(args, use_depth=not args.no_depth)
     out = Path(args.out) if args.out else Path("recon_out") / Path(args.input).resolve().name
     if cfg.map.load_path and out.resolve() == Path(cfg.map.load_path).expanduser().resolve():

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from recon_ros.config import group, param
 
 FRONTENDS = ("spann3r", "rgbd")
+#: frontends whose world unit is the metre from the first frame (their class sets ``metric``)
+METRIC_FRONTENDS = ("rgbd",)
 SCALE_MODES = ("none", "depth", "odometry", "fixed")
 NOISE_MODELS = ("quadratic", "linear", "constant")
 MAPPING_MODES = ("mapping", "localization")

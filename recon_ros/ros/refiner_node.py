@@ -36,7 +36,6 @@ from sensor_msgs.msg import CameraInfo, PointCloud2
 from std_srvs.srv import Trigger
 
 from recon_ros.errors import UserInputError
-from recon_ros.geometry.camera import backproject_depth
 from recon_ros.ros import convert, params, qos
 from recon_ros.ros import tf as rtf
 from recon_ros.ros.keyframe_store import KeyframeStore
@@ -58,6 +57,19 @@ def default_refiner(cfg: Any) -> Any:
     """Build the refine stages (imports torch)."""
     from recon_ros.refine.stages import Refiner
     return Refiner(cfg)
+
+
+def stages_config(core: Any, frontend: str) -> Any:
+    """The refine stages' config for recon_node's frontend (see
+    :func:`recon_ros.refine.periodic.align_config`)."""
+    from dataclasses import replace
+
+    from recon_ros.mapping.schema import METRIC_FRONTENDS
+    from recon_ros.refine.periodic import align_config
+    align = getattr(core, "align", None)
+    if align is None:  # a core config without alignment settings
+        return core
+    return replace(core, align=align_config(align, frontend in METRIC_FRONTENDS))
 
 
 class RefinerNode(Node):
@@ -85,7 +97,8 @@ class RefinerNode(Node):
             self.unavailable = f"bad parameter: {exc}"
         if not self.unavailable:
             try:
-                self._refiner = (refiner_factory or default_refiner)(self._schema.core)
+                core = stages_config(self._schema.core, self.ros.frontend.name)
+                self._refiner = (refiner_factory or default_refiner)(core)
             except Exception as exc:  # missing stage, model weights, CUDA ...
                 self.unavailable = f"{type(exc).__name__}: {exc}"
         if self.unavailable:
@@ -100,7 +113,7 @@ class RefinerNode(Node):
         self._thread: Optional[threading.Thread] = None
         self._last_run = {"align": time.monotonic(), "refine": time.monotonic()}
         self.last_result: dict[str, str] = {}
-        self.counts: dict[str, int] = {"stale_results": 0, "refined_dropped": 0}
+        self.counts: dict[str, int] = {"stale_results": 0, "refined_published": 0}
         self.shutdown_requested = threading.Event()  # main() leaves its spin loop when set
         group = MutuallyExclusiveCallbackGroup()
         sgroup = ReentrantCallbackGroup()
@@ -214,7 +227,8 @@ class RefinerNode(Node):
                     self.busy = None
 
     def _run_align(self, keyframes: list, session: int) -> str:
-        result = self._refiner.align(keyframes)
+        from recon_ros.refine.periodic import align_keyframes
+        result = align_keyframes(self._refiner, keyframes)
         corrections = result.corrections
         by_id = {kf.id: kf for kf in keyframes}
         poses = [(by_id[i].stamp_ns, rtf.apply_correction(C, by_id[i].T_world_cam))
@@ -228,31 +242,25 @@ class RefinerNode(Node):
         return f"published corrected poses of {len(poses)} keyframes"
 
     def _run_refine(self, keyframes: list, session: int) -> str:
-        refined = self._refiner.refine(keyframes)
+        from recon_ros.refine.periodic import refine_keyframes
+        updates = refine_keyframes(self._refiner, keyframes)
         if not self._current(session):
             return "result discarded: recon_node started a new map (or shutdown) meanwhile"
         by_id = {kf.id: kf for kf in keyframes}
-        n = 0
-        dropped = []
-        for i, rd in refined.items():
-            kf = by_id.get(i)
-            depth = getattr(rd, "depth", None)
-            if kf is None or depth is None:
-                dropped.append(i)
-                continue
-            conf = getattr(rd, "confidence", None)
-            conf = kf.confidence if conf is None else conf
-            pts = backproject_depth(depth, kf.K)
+        replaced = dropped = 0
+        for u in updates.values():
+            kf = by_id[u.kf_id]
+            # invalid pixels (transients among them) go out as NaN: recon_node drops them
+            pts = np.where(u.valid[..., None], u.points_cam, np.nan).astype(np.float32)
             with self._store_lock:
                 frame_id = self._store.frame_id(kf.stamp_ns)
-            self._pub_refined.publish(convert.cloud(self._msg, pts, kf.colors, np.asarray(conf, np.float32),
-                                                    kf.stamp_ns, frame_id))
-            n += 1
-        if dropped:
-            self.counts["refined_dropped"] += len(dropped)
-            self.get_logger().warning(f"refine gave no depth for {len(dropped)} keyframe(s) (ids "
-                                      f"{', '.join(map(str, dropped[:10]))}): not published")
-        return f"published {n} refined keyframes" + (f", {len(dropped)} without depth" if dropped else "")
+            self._pub_refined.publish(convert.cloud(self._msg, pts, kf.colors,
+                                                    np.asarray(kf.confidence, np.float32), kf.stamp_ns, frame_id))
+            replaced += u.replaced_px
+            dropped += u.dropped_px
+        self.counts["refined_published"] += len(updates)
+        return (f"published {len(updates)} of {len(keyframes)} keyframes ({replaced} pixels of refined "
+                f"depth, {dropped} transient pixels dropped); the others were unchanged")
 
     # -- services and schedule ---------------------------------------------------------------
     def _srv_align(self, request: Any, response: Any) -> Any:

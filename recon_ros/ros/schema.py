@@ -18,6 +18,7 @@ from typing import Any, Iterator, Optional
 from recon_ros import config as C
 from recon_ros.config import ParamSpec, group, param
 from recon_ros.errors import UserInputError
+from recon_ros.mapping.schema import FRONTENDS
 from recon_ros.refine.schema import ScheduleConfig
 
 QOS_CHOICES = ("sensor_data", "best_effort", "reliable", "system_default")
@@ -174,10 +175,21 @@ class RefinerScheduleConfig(ScheduleConfig):
 
 
 @dataclass
+class RefinerFrontendConfig:
+    """The mapper whose keyframes arrive (the same name as recon_node's parameter, so one
+    parameter file serves both nodes)."""
+
+    name: str = param("spann3r", "recon_node's frontend; with a metric one (rgbd) alignment keeps "
+                      "every keyframe's scale (rigid corrections), as recon-ros replay --refine does",
+                      choices=FRONTENDS)
+
+
+@dataclass
 class RefinerNodeConfig:
     """ROS-side parameters of recon_refiner."""
 
     input: RefinerInputConfig = group(RefinerInputConfig)
+    frontend: RefinerFrontendConfig = group(RefinerFrontendConfig)
     schedule: RefinerScheduleConfig = group(RefinerScheduleConfig)
 
 

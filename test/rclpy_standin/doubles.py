@@ -241,17 +241,20 @@ class FakeAlignResult:
 @dataclass
 class FakeRefinedDepth:
     depth: np.ndarray
-    confidence: Optional[np.ndarray] = None
+    points_cam: np.ndarray
+    replaced: np.ndarray
 
 
 class FakeRefiner:
     """Test double of refine.stages.Refiner: a fixed correction (a shift) for every keyframe;
-    ``refine`` returns each keyframe's depth plus ``depth_offset_m``. ``gate`` (an Event), when
-    given, holds ``align`` until it is set, to observe the busy state."""
+    ``refine`` returns each keyframe's depth plus ``depth_offset_m``; ``transients`` drops the
+    first pixel column when ``drop_first_column``. ``gate`` (an Event), when given, holds
+    ``align`` until it is set, to observe the busy state."""
 
     def __init__(self, cfg, shift=(0.0, 0.0, 0.5), depth_offset_m: float = 0.1,
-                 gate: Optional[threading.Event] = None) -> None:
+                 gate: Optional[threading.Event] = None, drop_first_column: bool = False) -> None:
         self.cfg = cfg
+        self.drop_first_column = drop_first_column
         self.C = make_T(np.eye(3), shift)
         self.depth_offset_m = depth_offset_m
         self.gate = gate
@@ -263,15 +266,31 @@ class FakeRefiner:
         self.forgets.append(sorted(keep_ids))
         self.cached &= set(keep_ids)
 
-    def align(self, keyframes) -> FakeAlignResult:
+    def align(self, keyframes, masks=None) -> FakeAlignResult:
         self.calls.append("align")
         self.cached |= {kf.id for kf in keyframes}
         if self.gate is not None:
             self.gate.wait(10.0)
         return FakeAlignResult({kf.id: self.C for kf in keyframes}, {"keyframes": len(keyframes)})
 
-    def refine(self, keyframes) -> dict:
+    def refine(self, keyframes, masks=None) -> dict:
         self.calls.append("refine")
         self.cached |= {kf.id for kf in keyframes}
-        return {kf.id: FakeRefinedDepth(depth=np.where(kf.valid, kf.points_cam[..., 2] + self.depth_offset_m, 0.0)
-                                        .astype(np.float32)) for kf in keyframes}
+        out = {}
+        for kf in keyframes:
+            pts = kf.points_cam * ((kf.points_cam[..., 2:] + self.depth_offset_m) / kf.points_cam[..., 2:])
+            out[kf.id] = FakeRefinedDepth(depth=np.where(kf.valid, pts[..., 2], np.nan).astype(np.float32),
+                                          points_cam=pts.astype(np.float32), replaced=kf.valid.copy())
+        return out
+
+    def transients(self, keyframes, masks=None) -> dict:
+        """``drop_first_column``: the first pixel column of every keyframe is a transient."""
+        self.calls.append("transients")
+        if not self.drop_first_column:
+            return {}
+        out = {}
+        for kf in keyframes:
+            drop = np.zeros(kf.valid.shape, bool)
+            drop[:, 0] = True
+            out[kf.id] = drop
+        return out
