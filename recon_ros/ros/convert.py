@@ -128,8 +128,11 @@ def keyframe_cloud(t: MessageTypes, kf: Keyframe, frame_id: str) -> Any:
 
 
 def mesh_marker(t: MessageTypes, verts: np.ndarray, faces: np.ndarray, colors: np.ndarray, stamp_ns: int,
-                frame_id: str) -> Any:
-    return M.make_mesh_marker(t, verts, faces, stamp_ns, frame_id, colors=colors)
+                frame_id: str) -> bytes:
+    """The serialized Marker TRIANGLE_LIST (:func:`recon_ros.io.messages.mesh_marker_cdr`) in
+    the layout of this ROS distribution's Marker; publishers take the bytes as they are."""
+    texture_fields = M.message_has_field(t["visualization_msgs/msg/Marker"], "mesh_file")
+    return M.mesh_marker_cdr(verts, faces, stamp_ns, frame_id, colors=colors, texture_fields=texture_fields)
 
 
 def occupancy_grid(t: MessageTypes, grid: Any, stamp_ns: int, frame_id: str) -> Any:

@@ -72,6 +72,13 @@ class Publisher:
         self._lock = threading.Lock()
 
     def publish(self, msg: Any) -> None:
+        """Like rclpy: a message of the publisher's type, or its serialized bytes (kept here
+        deserialized, as a subscriber would receive them)."""
+        if isinstance(msg, (bytes, bytearray)):
+            import _rosbags_msgs
+            msg = _rosbags_msgs.typestore().deserialize_cdr(bytes(msg), self.msg_type.__msgtype__)
+        elif not isinstance(msg, self.msg_type):
+            raise TypeError(f"Expected {self.msg_type}, got {type(msg)}")
         with self._lock:
             self.messages.append(msg)
 
