@@ -9,6 +9,7 @@ for launch_testing on a ROS machine).
 """
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -420,19 +421,64 @@ def test_interrupted_save_leaves_no_folder(ros, tmp_path):
     for i in range(3):
         feed(node, stamp(i))
         settle(node)
-    real_save = recon.save
+    real_snapshot = recon.save_snapshot
 
-    def save_then_fail(directory):
-        real_save(directory)  # the files are written ...
-        raise OSError("No space left on device")  # ... and then the save fails
+    def failing_snapshot():
+        snap = real_snapshot()
+        write = snap.write
 
-    recon.save = save_then_fail
+        def write_then_fail(directory):
+            write(directory)  # the files are written ...
+            raise OSError("No space left on device")  # ... and then the save fails
+
+        snap.write = write_then_fail
+        return snap
+
+    recon.save_snapshot = failing_snapshot
     resp = node.services[f"{NS}/save_map"].call(Trigger.Request())
     assert not resp.success and "No space left" in resp.message
     assert list(tmp_path.iterdir()) == []
-    recon.save = real_save
+    recon.save_snapshot = real_snapshot
     assert node.services[f"{NS}/save_map"].call(Trigger.Request()).success
     assert [p.name.startswith("map_") for p in tmp_path.iterdir()] == [True]
+
+
+def test_frames_are_tracked_while_a_save_is_written(ros, tmp_path):
+    """The worker only freezes the map; the files are written on the service's thread, so
+    frames arriving during a long save are processed, not dropped."""
+    from std_srvs.srv import Trigger
+    node, recon = start(ros, overrides={"save.directory": str(tmp_path)})
+    for i in range(2):
+        feed(node, stamp(i))
+        settle(node)
+    real_snapshot, writing, release = recon.save_snapshot, threading.Event(), threading.Event()
+
+    def slow_snapshot():
+        snap = real_snapshot()
+        write = snap.write
+
+        def slow_write(directory):
+            writing.set()
+            assert release.wait(10.0)
+            return write(directory)
+
+        snap.write = slow_write
+        return snap
+
+    recon.save_snapshot = slow_snapshot
+    answer = {}
+    service = threading.Thread(target=lambda: answer.update(
+        r=node.services[f"{NS}/save_map"].call(Trigger.Request())))
+    service.start()
+    assert writing.wait(10.0)
+    for i in range(2, 5):
+        feed(node, stamp(i))
+        settle(node)
+    assert recon.processed == [stamp(i) for i in range(5)]  # tracked during the save
+    release.set()
+    service.join(10.0)
+    assert answer["r"].success
+    assert "element vertex 40" in (Path(answer["r"].message) / "map.ply").read_text()  # the map of frame 2
 
 
 def test_reset_and_pause_services(ros):
@@ -663,8 +709,9 @@ def test_lost_tracking_is_visible_not_hidden_behind_a_held_pose(ros):
 
 
 def test_pauses_in_processing_reach_the_frontend(ros, tmp_path):
-    """A save, a refiner correction and a deactivate/activate each pause the worker; the core
-    hears of it (notify_gap) so the tracker re-initialises instead of failing frame after frame."""
+    """A refiner correction and a deactivate/activate each pause the worker; the core hears of
+    it (notify_gap) so the tracker re-initialises instead of failing frame after frame. A save
+    does not pause it (the worker only freezes the map; the files are written elsewhere)."""
     from std_srvs.srv import Trigger
 
     node, recon = start(ros, overrides={"save.directory": str(tmp_path)})
@@ -673,19 +720,19 @@ def test_pauses_in_processing_reach_the_frontend(ros, tmp_path):
         settle(node)
     assert recon.gaps == 1  # the first frame after activation
     assert node.services[f"{NS}/save_map"].call(Trigger.Request()).success
-    assert recon.gaps == 2
+    assert recon.gaps == 1
     T_map_recon = make_T(R_BODY_OPTICAL, np.zeros(3))
     node.subscriptions["/corrected_path"].callback(
         M.make_path(T, [(stamp(0), T_map_recon @ camera_pose(0))], "map", stamp(2)))
     settle(node)
-    assert recon.gaps == 3
+    assert recon.gaps == 2
     assert node.trigger_deactivate() == 97 and node.trigger_activate() == 97
     feed(node, stamp(3))
     settle(node)
-    assert recon.gaps == 4
+    assert recon.gaps == 3
     feed(node, stamp(4))
     settle(node)
-    assert recon.gaps == 4  # steady frames are no gap
+    assert recon.gaps == 3  # steady frames are no gap
 
 
 def test_mesh_and_occupancy_are_published_latched_in_map(ros):

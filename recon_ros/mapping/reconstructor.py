@@ -13,6 +13,7 @@ pose follows the correction of the keyframe it was tracked after.
 from __future__ import annotations
 
 import bisect
+import copy
 import dataclasses
 import logging
 import time
@@ -159,6 +160,39 @@ class MapSnapshot:
         pts = transform_points(T, np.asarray(xyz, dtype=np.float64))
         nrm = np.asarray(normals, dtype=np.float64) @ rigid_part(T)[:3, :3].T
         return occupancy_grid(pts, nrm, self.cfg.map.occupancy, self.cfg.map.voxel_size_m)
+
+
+@dataclass
+class SaveSnapshot(MapSnapshot):
+    """Everything :meth:`Reconstructor.save` writes, frozen at one moment
+    (:meth:`Reconstructor.save_snapshot`): :meth:`write` can run on another thread while the
+    Reconstructor goes on."""
+
+    poses: list = field(default_factory=list)
+    keyframe_list: list = field(default_factory=list)
+    frontend: str = ""
+    relocalization: Optional[dict] = None
+
+    def trajectory(self) -> list:
+        return self.poses
+
+    def keyframes(self) -> list:
+        return self.keyframe_list
+
+    def write(self, directory) -> dict[str, Path]:
+        """Write map.ply, mesh.ply, the occupancy grid, trajectory.tum, keyframes.tum,
+        keyframes/ and state/ (as configured by ``output``) into ``directory``."""
+        from recon_ros.io.outputs import save_reconstruction
+        from recon_ros.mapping.saved_map import save_map_state
+
+        directory = Path(directory)
+        out = save_reconstruction(self, directory, keyframes=self.cfg.output.keyframes)
+        if self.cfg.output.map_state:
+            out["map_state"] = save_map_state(
+                directory, frontend=self.frontend, voxel_size_m=self.surface.voxel,
+                volume=self.surface.export_volume(), relocalization=self.relocalization,
+                keyframe_ids=[kf.id for kf in self.keyframe_list] if self.cfg.output.keyframes else [])
+        return out
 
 
 class Reconstructor:
@@ -603,16 +637,12 @@ class Reconstructor:
         """Write map.ply, mesh.ply, the occupancy grid, trajectory.tum, keyframes.tum,
         keyframes/ and state/ (as configured by ``output``); a folder with both keyframes/
         and state/ can be continued (:meth:`load_map`)."""
-        from recon_ros.io.outputs import save_reconstruction
-        from recon_ros.mapping.saved_map import save_map_state
+        return self.save_snapshot().write(directory)
 
-        directory = Path(directory)
+    def save_snapshot(self) -> SaveSnapshot:
+        """What :meth:`save` writes, frozen now (a copy of the volume; the keyframes, poses and
+        relocalization database as they are), to be written on another thread."""
         self.surface.work()  # a saved map has every correction applied
-        out = save_reconstruction(self, directory, keyframes=self.cfg.output.keyframes)
-        if self.cfg.output.map_state:
-            reloc = self.frontend.export_map()
-            out["map_state"] = save_map_state(
-                directory, frontend=self.frontend.name, voxel_size_m=self.surface.voxel,
-                volume=self.surface.export_volume(), relocalization=reloc,
-                keyframe_ids=[kf.id for kf in self.keyframes()] if self.cfg.output.keyframes else [])
-        return out
+        reloc = self.frontend.export_map() if self.cfg.output.map_state else None
+        return SaveSnapshot(self.surface.snapshot(), copy.deepcopy(self.cfg), poses=self.trajectory(),
+                            keyframe_list=self.keyframes(), frontend=self.frontend.name, relocalization=reloc)

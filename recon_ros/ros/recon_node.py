@@ -342,7 +342,7 @@ class ReconNode(LifecycleNode):
         if self._recon is not None and self.ros.save.on_shutdown and self._worker is not None:
             self._worker.clear_pending()
             try:
-                saved = self._worker.call(self._save).result(self.ros.save.timeout_s)
+                saved = self._save()
                 if saved is not None:
                     self.get_logger().info(f"map saved on shutdown to {saved[0]} ({saved[2]} points)")
             except Exception as exc:
@@ -560,12 +560,13 @@ class ReconNode(LifecycleNode):
             self._warn_no_data()
         if self._worker is None:
             return
-        if r.save.autosave_period_s > 0:
+        if r.save.autosave_period_s > 0 and self._map_worker is not None:
             if self._last_autosave_ns == 0:
                 self._last_autosave_ns = now
             elif now - self._last_autosave_ns >= r.save.autosave_period_s * 1e9:
                 self._last_autosave_ns = now
-                self._worker.call(self._autosave)
+                # written on the map products thread: neither tracking nor this timer waits for it
+                self._map_worker.call(self._autosave)
         if self._out.map_dirty:
             self._worker.call(self._maybe_publish_map)
 
@@ -629,7 +630,7 @@ class ReconNode(LifecycleNode):
 
     def _srv_save_map(self, request: Any, response: Any) -> Any:
         try:
-            saved = self._run_on_worker(self._save)
+            saved = self._save()
             if saved is None:
                 response.success, response.message = False, "no frame mapped yet: nothing saved"
             else:
@@ -906,10 +907,16 @@ class ReconNode(LifecycleNode):
         """Write the map folder (map.ply, mesh, occupancy, trajectories, keyframes/, state/) into
         a new time-stamped folder; (abs dir, files, points). None when no frame was mapped yet.
 
-        The folder is written under a hidden temporary name and renamed when complete, so a
-        ``map_*`` folder is always a complete map (an interrupted save leaves none).
+        The worker freezes the map between two frames (:meth:`Reconstructor.save_snapshot`: a
+        copy of the volume, the keyframes and the poses); the files are written on the calling
+        thread while the worker goes on tracking. The folder is written under a hidden temporary
+        name and renamed when complete, so a ``map_*`` folder is always a complete map (an
+        interrupted save leaves none).
         """
-        if self._recon is None or not self._recon.stats().get("frames"):
+        if self._worker is not None and self._worker.on_thread():
+            raise RuntimeError("a save waits for the worker: start it from another thread")
+        snap = self._run_on_worker(self._save_snapshot)
+        if snap is None:
             return None
         root = Path(os.path.expanduser(self.ros.save.directory)).resolve()
         root.mkdir(parents=True, exist_ok=True)
@@ -917,15 +924,18 @@ class ReconNode(LifecycleNode):
         directory = root / f"map_{stamp}"
         partial = root / f".map_{stamp}.partial"
         try:
-            files = self._recon.save(partial)
-            n = int(self._recon.stats().get("map_points", 0))  # of the surface just saved
+            files = snap.write(partial)
             os.replace(partial, directory)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
-        finally:
-            self._recon.notify_gap()  # frames arriving during the save were dropped
-        return directory, sorted(Path(p).name for p in files.values()), n
+        return directory, sorted(Path(p).name for p in files.values()), int(snap.surface.last_point_count)
+
+    def _save_snapshot(self) -> Any:
+        """What a save writes, frozen (worker thread); None before the first frame."""
+        if self._recon is None or not self._recon.stats().get("frames"):
+            return None
+        return self._recon.save_snapshot()
 
     def _autosave(self) -> None:
         try:

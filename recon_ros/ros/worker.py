@@ -76,6 +76,10 @@ class GpuWorker(Generic[T]):
             self._thread = None
         return not alive
 
+    def on_thread(self) -> bool:
+        """Whether the caller runs on this worker's thread (where waiting for it deadlocks)."""
+        return self._thread is not None and threading.current_thread() is self._thread
+
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and not self._stop

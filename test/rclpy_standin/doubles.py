@@ -14,9 +14,10 @@ import dataclasses
 import io
 import threading
 import time
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -213,23 +214,41 @@ class FakeReconstructor:
         return n
 
     def save(self, directory) -> dict:
-        directory = Path(directory)
+        return self.save_snapshot().write(directory)
+
+    def save_snapshot(self) -> "FakeSaveSnapshot":
+        """Like the core: the map frozen now, written later (by the caller's thread)."""
         xyz, _, _ = self.fused_cloud()
-        buf = io.StringIO()
-        np.savetxt(buf, xyz, fmt="%.6f")
-        ply = write_text_atomic(directory / "map.ply", "ply\nformat ascii 1.0\nelement vertex %d\n"
-                                "property float x\nproperty float y\nproperty float z\nend_header\n"
-                                % len(xyz) + buf.getvalue())
-        traj = self.trajectory()
-        rows = np.array([[s * 1e-9, T[0, 3], T[1, 3], T[2, 3], 0, 0, 0, 1] for s, T in traj]).reshape(-1, 8)
-        buf = io.StringIO()
-        np.savetxt(buf, rows, fmt="%.9f")
-        tum = write_text_atomic(directory / "trajectory.tum", buf.getvalue())
-        return {"map": ply, "trajectory": tum}
+        return FakeSaveSnapshot(np.array(xyz), list(self.trajectory()))
 
     def stats(self) -> dict:
         return {"frames": float(self._n), "keyframes": float(len(self._kfs)),
                 "map_points": float(sum(len(p) for p in self._points)), "scale": 1.0}
+
+
+@dataclass
+class FakeSaveSnapshot:
+    """Test double of the core's SaveSnapshot: map.ply (ASCII points) and trajectory.tum."""
+
+    xyz: np.ndarray
+    traj: list
+
+    @property
+    def surface(self) -> Any:
+        return types.SimpleNamespace(last_point_count=len(self.xyz))
+
+    def write(self, directory) -> dict:
+        directory = Path(directory)
+        buf = io.StringIO()
+        np.savetxt(buf, self.xyz, fmt="%.6f")
+        ply = write_text_atomic(directory / "map.ply", "ply\nformat ascii 1.0\nelement vertex %d\n"
+                                "property float x\nproperty float y\nproperty float z\nend_header\n"
+                                % len(self.xyz) + buf.getvalue())
+        rows = np.array([[s * 1e-9, T[0, 3], T[1, 3], T[2, 3], 0, 0, 0, 1] for s, T in self.traj]).reshape(-1, 8)
+        buf = io.StringIO()
+        np.savetxt(buf, rows, fmt="%.9f")
+        tum = write_text_atomic(directory / "trajectory.tum", buf.getvalue())
+        return {"map": ply, "trajectory": tum}
 
 
 @dataclass
