@@ -331,3 +331,40 @@ def test_matcher_pairs_image_with_nearest_info():
     assert m.push("camera_info", 250_000_000, "far") == []  # 50 ms away: beyond the slop
     counts = convert.matcher_counts(m)
     assert counts["sync_matched"] == 1 and counts["sync_unmatched_images"] == 1
+
+
+def test_configure_process_sets_torch_threads_and_nice():
+    """The executables' process settings, applied in a child process (they change the whole
+    process): recon_refiner's defaults put it below recon_node."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    defaults = S.refiner_node_schema(FakeCoreConfig)
+    threads, nice = defaults.get("process.cpu_threads"), defaults.get("process.nice")
+    assert (threads, nice) == (1, 10)
+    assert S.recon_node_schema(FakeCoreConfig).get("process.nice") == 0
+    code = f"""
+import os, sys, types
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from rclpy_standin import installed
+with installed():
+    from recon_ros.ros.spin import configure_process
+
+    class ParameterNode:  # test double: the two parameters and a logger
+        def get_parameter(self, name):
+            return types.SimpleNamespace(value={{"process.cpu_threads": {threads}, "process.nice": {nice}}}[name])
+
+        def get_logger(self):
+            return types.SimpleNamespace(info=print)
+
+    import torch
+    torch.set_num_threads(2)
+    configure_process(ParameterNode())
+    print("RESULT", os.nice(0), torch.get_num_threads())
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    import os
+    assert f"RESULT {max(10, os.nice(0))} 1" in out.stdout, out.stdout  # never lowered (a niced test run)
+    assert "process: 1 torch CPU thread(s)" in out.stdout, out.stdout

@@ -52,7 +52,7 @@ from recon_ros.geometry.transforms import invert_T, transform_points
 from recon_ros.ros import convert, params, qos
 from recon_ros.ros import tf as rtf
 from recon_ros.ros.schema import NodeSchema, ReconNodeConfig, recon_node_schema
-from recon_ros.ros.spin import init_rclpy, signals_request_shutdown, spin_until_shutdown
+from recon_ros.ros.spin import configure_process, init_rclpy, signals_request_shutdown, spin_until_shutdown
 from recon_ros.ros.stamps import (HealthInputs, JumpDetector, StampMonitor, free_gpu_memory,
                                   gpu_memory_mb, health_summary)
 from recon_ros.ros.worker import GpuWorker
@@ -971,6 +971,7 @@ def main(args: Optional[list] = None) -> None:
     """Entry point of ``ros2 run recon_ros recon_node``."""
     init_rclpy(args)
     node = ReconNode()
+    configure_process(node)
     executor = MultiThreadedExecutor(num_threads=4)
     executor.add_node(node)
     with signals_request_shutdown(node):

@@ -40,7 +40,7 @@ from recon_ros.ros import convert, params, qos
 from recon_ros.ros import tf as rtf
 from recon_ros.ros.keyframe_store import KeyframeStore
 from recon_ros.ros.schema import NodeSchema, RefinerNodeConfig, refiner_node_schema
-from recon_ros.ros.spin import init_rclpy, signals_request_shutdown, spin_until_shutdown
+from recon_ros.ros.spin import configure_process, init_rclpy, signals_request_shutdown, spin_until_shutdown
 
 SCHEDULE_PERIOD_S = 1.0
 SHUTDOWN_WAIT_S = 3.0  # how long the process waits for a running stage when asked to exit
@@ -289,6 +289,7 @@ def main(args: Optional[list] = None) -> None:
     """Entry point of ``ros2 run recon_ros recon_refiner``."""
     init_rclpy(args)
     node = RefinerNode()
+    configure_process(node)
     executor = MultiThreadedExecutor(num_threads=3)
     executor.add_node(node)
     with signals_request_shutdown(node):

@@ -144,6 +144,27 @@ class LifecycleConfig:
 
 
 @dataclass
+class ProcessConfig:
+    """How the node's process shares the CPU with the other node and the robot's stack."""
+
+    cpu_threads: int = param(1, "torch intra-op threads on the CPU. One keeps the tracker steady "
+                             "when other processes share the cores: several threads wait for "
+                             "each other whenever one is descheduled (0: torch's default, one "
+                             "per core, fastest on an otherwise idle CPU)", min=0, max=1024)
+    nice: int = param(0, "CPU priority of the process (Linux nice, raised at start; higher "
+                      "yields the CPU to other processes)", min=0, max=19)
+
+
+@dataclass
+class RefinerProcessConfig(ProcessConfig):
+    """How recon_refiner shares the CPU: below recon_node, so background stages never starve
+    tracking."""
+
+    nice: int = param(10, "CPU priority of the process (Linux nice, raised at start; higher "
+                      "yields the CPU to recon_node and the robot's stack)", min=0, max=19)
+
+
+@dataclass
 class ReconNodeConfig:
     """ROS-side parameters of recon_node."""
 
@@ -153,6 +174,7 @@ class ReconNodeConfig:
     diagnostics: DiagnosticsConfig = group(DiagnosticsConfig)
     save: SaveConfig = group(SaveConfig)
     lifecycle: LifecycleConfig = group(LifecycleConfig)
+    process: ProcessConfig = group(ProcessConfig)
 
 
 @dataclass
@@ -190,6 +212,7 @@ class RefinerNodeConfig:
 
     input: RefinerInputConfig = group(RefinerInputConfig)
     frontend: RefinerFrontendConfig = group(RefinerFrontendConfig)
+    process: RefinerProcessConfig = group(RefinerProcessConfig)
     schedule: RefinerScheduleConfig = group(RefinerScheduleConfig)
 
 

@@ -14,6 +14,7 @@ valid until the node has finished (so final publications and the shutdown save s
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 from typing import Any, Iterator, Optional
 
@@ -21,6 +22,27 @@ import rclpy
 from rclpy.executors import ExternalShutdownException
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def configure_process(node: Any) -> list[str]:
+    """Apply the node's ``process.*`` parameters to this process (the executables call it once,
+    before spinning): torch's CPU threads and the nice level. Returns what changed, also logged."""
+    threads = int(node.get_parameter("process.cpu_threads").value)
+    nice = int(node.get_parameter("process.nice").value)
+    done = []
+    if threads > 0:
+        import torch
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+            done.append(f"{threads} torch CPU thread(s)")
+    if nice > 0 and hasattr(os, "nice"):
+        current = os.nice(0)
+        if current < nice:
+            os.nice(nice - current)
+            done.append(f"nice {nice}")
+    if done:
+        node.get_logger().info(f"process: {', '.join(done)} (process.* parameters)")
+    return done
 
 
 def init_rclpy(args: Optional[list]) -> None:
