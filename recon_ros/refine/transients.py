@@ -58,10 +58,15 @@ class TransientFilter:
     histogram: np.ndarray = field(default_factory=lambda: np.zeros(HIST_BINS))
     threshold: float = float("nan")
 
-    def _update_threshold(self, residuals: np.ndarray) -> float:
+    @staticmethod
+    def _residual_counts(residuals: np.ndarray) -> np.ndarray:
+        """Histogram counts of |residual| (the last bin takes everything above HIST_MAX)."""
+        r = np.clip(np.abs(residuals[np.isfinite(residuals)]), 0.0, HIST_MAX * (1 - 1e-9))
+        return np.bincount((r / HIST_MAX * HIST_BINS).astype(np.int64), minlength=HIST_BINS).astype(np.float64)
+
+    def _update_threshold(self, counts: np.ndarray) -> float:
         cfg = self.cfg
-        r = np.clip(residuals[np.isfinite(residuals)], 0.0, HIST_MAX * (1 - 1e-9))
-        hist = np.bincount((r / HIST_MAX * HIST_BINS).astype(np.int64), minlength=HIST_BINS).astype(np.float64)
+        hist = np.asarray(counts, np.float64).copy()
         if hist.sum() > 0:
             hist /= hist.sum()
         if self.histogram.sum() > 0:
@@ -96,18 +101,24 @@ class TransientFilter:
         overlap = frustum_overlap(kfs, list(pose_arr))
         sym = np.maximum(overlap, overlap.T)
         stamps = np.array([kf.stamp_ns for kf in kfs], np.float64) * 1e-9
-        per_kf = []
-        all_r = []
-        for i, kf in enumerate(kfs):
-            order = [j for j in np.argsort(-sym[i]) if j != i and sym[i, j] > 0][:cfg.max_views]
-            r, r_near = self._residuals(kf, pose_arr[i], pose_arr[order], Ks[order], depths[order], near[order])
-            per_kf.append((order, r, r_near))
-            all_r.append(np.abs(r[np.isfinite(r)]))
-        thr = self._update_threshold(np.concatenate(all_r) if all_r else np.zeros(0))
+        orders = [[j for j in np.argsort(-sym[i]) if j != i and sym[i, j] > 0][:cfg.max_views] for i in range(n)]
+
+        def residuals(i: int) -> tuple[np.ndarray, np.ndarray]:
+            o = orders[i]
+            return self._residuals(kfs[i], pose_arr[i], pose_arr[o], Ks[o], depths[o], near[o])
+
+        # Two passes, so that memory does not grow with the number of keyframes: the residuals
+        # of every keyframe (views x pixels) feed the threshold's histogram, then are computed
+        # again one keyframe at a time for the decisions.
+        counts = np.zeros(HIST_BINS)
+        for i in range(n):
+            counts += self._residual_counts(residuals(i)[0])
+        thr = self._update_threshold(counts)
         out = {}
         h, w = kfs[0].points_cam.shape[:2]
         for i, kf in enumerate(kfs):
-            order, r, r_near = per_kf[i]
+            order = orders[i]
+            r, r_near = residuals(i)
             far_enough = np.abs(stamps[order] - stamps[i]) >= cfg.probation_min_gap_s if order else np.zeros(0, bool)
             agree = np.isfinite(r) & (np.abs(r) < thr)
             violate = np.isfinite(r_near) & (r_near < -thr)
