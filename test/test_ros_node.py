@@ -801,3 +801,40 @@ def test_map_outputs_are_extracted_beside_the_worker(ros):
     clouds, meshes = pub(node, "map_cloud").messages, pub(node, "map_mesh").messages
     assert 1 <= len(clouds) < 4 and len(meshes) == len(clouds)  # waiting snapshots were replaced
     assert clouds[-1].width == 4 * 20  # the newest snapshot: every frame's points
+
+
+def test_map_extraction_keeps_to_its_share_of_the_cpu(ros):
+    """A slow ~/map_cloud extraction (0.2 s here) makes the next periodic one wait three times
+    as long, whatever publish.map_cloud_rate_hz asks for; a forced one (a reset) does not wait."""
+    from std_srvs.srv import Trigger
+
+    node, recon = start(ros, overrides={"publish.map_cloud_rate_hz": 30.0, "publish.products_rate_hz": 0.0})
+    make = recon.map_snapshot
+
+    def slow_snapshot():
+        snap = make()
+        original = snap.fused_cloud
+
+        def fused_cloud():
+            time.sleep(0.2)
+            return original()
+
+        snap.fused_cloud = fused_cloud
+        return snap
+
+    recon.map_snapshot = slow_snapshot
+    clouds = pub(node, "map_cloud").messages
+    feed(node, stamp(0))
+    settle(node)
+    assert len(clouds) == 1
+    for i in (1, 2):  # due by the rate, but within the rest after the slow extraction
+        feed(node, stamp(0) + i * 100_000_000)
+        settle(node)
+    assert len(clouds) == 1
+    time.sleep(0.65)
+    feed(node, stamp(0) + 300_000_000)
+    settle(node)
+    assert len(clouds) == 2
+    assert node.services[f"{NS}/reset"].call(Trigger.Request()).success  # forced: published at once
+    settle(node)
+    assert len(clouds) == 3 and clouds[-1].width == 0

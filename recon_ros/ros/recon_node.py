@@ -27,6 +27,7 @@ import gc
 import os
 import shutil
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -60,6 +61,11 @@ from recon_ros.ros.worker import GpuWorker
 TF_POLL_PERIOD_S = 0.01
 HOUSEKEEPING_PERIOD_S = 1.0
 THROTTLE_S = 5.0
+# The products thread may be busy at most this share of the time: after a job that took d
+# seconds (more than MAP_REST_AFTER_S; shorter ones cost little), the next periodic one waits
+# d * (1 / MAP_DUTY - 1). Forced ones (save, reset, correction) do not wait.
+MAP_DUTY = 0.25
+MAP_REST_AFTER_S = 0.1
 
 
 def default_reconstructor(cfg: Any) -> Any:
@@ -136,6 +142,7 @@ class ReconNode(LifecycleNode):
         self._map_job_lock = threading.Lock()
         self._map_job_waiting: Optional[_MapJob] = None
         self._published_points = 0  # of the latest ~/map_cloud (written by the products thread)
+        self._map_rest_until = 0.0  # monotonic time before which no periodic map job starts (products thread writes)
         # Names never shadow rclpy's own Node/LifecycleNode attributes (_timers, _services, ...):
         # test_ros_attributes checks that.
         self._pubs: dict[str, Any] = {}
@@ -837,6 +844,8 @@ class ReconNode(LifecycleNode):
             force or (out.products_dirty and due(pub.products_rate_hz, out.last_products_pub_ns)))
         if not (cloud or products):
             return
+        if not force and time.monotonic() < self._map_rest_until:
+            return  # the products thread keeps to its share of the CPU (MAP_DUTY)
         if cloud:
             out.map_dirty, out.last_map_pub_ns = False, now
         if products:
@@ -856,6 +865,15 @@ class ReconNode(LifecycleNode):
         with self._map_job_lock:
             if self._map_job_waiting is job:
                 self._map_job_waiting = None
+        t0 = time.monotonic()
+        try:
+            self._extract_and_publish(job)
+        finally:
+            end = time.monotonic()
+            if end - t0 > MAP_REST_AFTER_S:
+                self._map_rest_until = end + (end - t0) * (1.0 / MAP_DUTY - 1.0)
+
+    def _extract_and_publish(self, job: _MapJob) -> None:
         frame, snap = self.ros.frames.map_frame, job.snapshot
         if job.cloud:
             xyz, rgb, conf = snap.fused_cloud()

@@ -87,7 +87,8 @@ class PublishConfig:
     """Output topics and their rates."""
 
     map_cloud_rate_hz: float = param(1.0, "largest rate of ~/map_cloud (reliable, transient-local); "
-                                     "0: only on save/reset", min=0.0, max=30.0, dynamic=True)
+                                     "lower while extracting the map takes more than a quarter of "
+                                     "the time; 0: only on save/reset", min=0.0, max=30.0, dynamic=True)
     products_rate_hz: float = param(0.1, "largest rate of ~/map_mesh (Marker TRIANGLE_LIST) and "
                                     "~/occupancy (OccupancyGrid), both transient-local; they are "
                                     "extracted from the volume on the worker thread (about a second "
