@@ -120,4 +120,72 @@ def test_replay_writes_map_mesh_and_occupancy(tmp_path):
         for conn, _, raw in reader.messages(connections=[conns["/recon/occupancy"]]):
             grid = types.typestore.deserialize_cdr(raw, conn.msgtype)
             assert grid.header.frame_id == "map" and grid.info.width * grid.info.height == len(grid.data)
+        for conn, _, raw in reader.messages(connections=[conns["/recon/map_mesh"]]):
+            marker = types.typestore.deserialize_cdr(raw, conn.msgtype)  # written as raw CDR
+            assert marker.type == 11 and len(marker.points) == 3 * len(mesh.faces)
     assert Path(out / "mesh.ply").stat().st_size > 0
+
+
+def _bag_messages(path: Path, topics: tuple) -> dict:
+    from rosbags.rosbag2 import Reader
+    types = rosbags_types()
+    out: dict = {t: [] for t in topics}
+    with Reader(path) as reader:
+        conns = [c for c in reader.connections if c.topic in topics]
+        for conn, _, raw in reader.messages(connections=conns):
+            out[conn.topic].append(types.typestore.deserialize_cdr(raw, conn.msgtype))
+    return out
+
+
+@pytest.mark.parametrize("base_frame", ["", "base_link"])
+def test_replay_bag_has_the_nodes_frames(tmp_path, base_frame):
+    """The output bag's pose and TF are recon_node's: map -> image frame, or with a base frame
+    map -> base_link with the map starting at the body's first pose (mounting from the bag's TF)."""
+    from recon_ros.geometry.transforms import map_from_optical
+    from recon_ros.io.messages import pose_to_matrix, transform_to_matrix
+    scene, out = tmp_path / "scene", tmp_path / "run"
+    assert main(["-q", "synth", str(scene), "--no-progress", "--synth.width", "160", "--synth.height", "120",
+                 "--synth.n_frames", "10", "--synth.loops", "0.05"]) == 0
+    extra = ["--frames.base_frame", base_frame] if base_frame else []
+    assert main(["-q", "replay", str(scene), "--frontend", "rgbd", "--out", str(out), "--no-progress",
+                 "--map.voxel_size_m", "0.04", *extra]) == 0
+    msgs = _bag_messages(out / "recon_bag", ("/tf", "/tf_static", "/recon/pose"))
+    children = {t.child_frame_id for m in msgs["/tf"] for t in m.transforms}
+    parents = {t.header.frame_id for m in msgs["/tf"] for t in m.transforms}
+    assert parents == {"map"} and children == {base_frame or "camera_color_optical_frame"}
+    (static,) = [t for m in msgs["/tf_static"] for t in m.transforms]
+    assert (static.header.frame_id, static.child_frame_id) == ("map", "recon_world")
+    first = pose_to_matrix(msgs["/recon/pose"][0].pose)
+    if base_frame:  # base_link -> camera_link (identity) -> optical: the mounting places recon_world
+        np.testing.assert_allclose(first, np.eye(4), atol=1e-6)
+        np.testing.assert_allclose(transform_to_matrix(static.transform), map_from_optical(), atol=1e-9)
+    else:
+        np.testing.assert_allclose(first, map_from_optical(), atol=1e-6)
+
+
+def test_recorder_writes_map_to_odom(tmp_path):
+    """With an odom frame the bag carries map -> odom, so that map -> odom -> base equals the pose."""
+    from types import SimpleNamespace
+
+    from recon_ros.geometry.transforms import invert_T, make_T, rotvec_to_matrix
+    from recon_ros.io.bag_writer import BagWriter
+    from recon_ros.io.messages import pose_to_matrix, transform_to_matrix
+    from recon_ros.io.outputs import ReconBagRecorder
+    from recon_ros.ros.schema import OutputFramesConfig
+
+    mount = make_T(rotvec_to_matrix([-1.2, 0.0, -1.5]), [0.2, 0.0, 0.5])
+    T_odom_cam = make_T(rotvec_to_matrix([0.1, -0.2, 0.05]), [1.0, 2.0, 0.1])
+    T_recon_cam = make_T(rotvec_to_matrix([0.0, 0.3, 0.0]), [0.1, 0.0, 0.4])
+    frame = SimpleNamespace(frame_id="cam", extras={"T_base_cam": mount}, T_odom_cam=T_odom_cam, rgb=None)
+    est = SimpleNamespace(stamp_ns=5_000_000_000, frame=frame, T_world_cam=T_recon_cam)  # a minimal estimate
+    writer = BagWriter(tmp_path / "bag").open()
+    rec = ReconBagRecorder(writer, frames=OutputFramesConfig(base_frame="base_link", odom_frame="odom"))
+    rec.estimate(est)
+    writer.close()
+    msgs = _bag_messages(tmp_path / "bag", ("/tf", "/recon/pose"))
+    (tf,) = [t for m in msgs["/tf"] for t in m.transforms]
+    assert (tf.header.frame_id, tf.child_frame_id) == ("map", "odom")
+    T_map_base = pose_to_matrix(msgs["/recon/pose"][0].pose)
+    np.testing.assert_allclose(transform_to_matrix(tf.transform) @ T_odom_cam @ invert_T(mount), T_map_base,
+                               atol=1e-9)
+    np.testing.assert_allclose(T_map_base, mount @ T_recon_cam @ invert_T(mount), atol=1e-9)

@@ -5,7 +5,8 @@ folder or a video file. Writes into --out: map.ply (fused surface points with no
 mesh.ply (triangle mesh), occupancy.pgm + occupancy.yaml (2D grid for Nav2's map_server),
 trajectory.tum (every frame),
 keyframes.tum + keyframes/ (keyframe records), recon_bag/ (fused cloud, poses, path and TF for
-`ros2 bag play` + RViz), gt_trajectory.tum when the input carries ground truth, config.yaml (the
+`ros2 bag play` + RViz, in recon_node's frames: --frames.base_frame / --frames.odom_frame read
+the mounting and the odometry from the bag's TF as the node does), gt_trajectory.tum when the input carries ground truth, config.yaml (the
 effective configuration) and summary.json. Ctrl-C stops early and still writes complete
 outputs of what was processed.
 
@@ -24,6 +25,7 @@ examples:
   recon-ros replay scans/scene0000_00 --checkpoint spann3r.pth --device cuda --stride 5
   recon-ros replay scene.bag --config my.yaml --map.voxel_size_m 0.01
   recon-ros replay scene.bag --frontend rgbd --refine --schedule.align_period_s 2
+  recon-ros replay robot.bag --frontend rgbd --frames.base_frame base_link --frames.odom_frame odom
   recon-ros replay part2.bag --frontend rgbd --resume out/part1 --out out/both
   recon-ros replay again.bag --frontend rgbd --resume out/both --mapping.mode localization
 """
@@ -32,9 +34,18 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from recon_ros.config import add_cli_args, group
 from recon_ros.refine.schema import RefineConfig, ScheduleConfig
+from recon_ros.ros.schema import OutputFramesConfig
+
+
+@dataclass
+class FramesArgs:
+    """The --frames.* flags: the output bag's TF frames, as recon_node's."""
+
+    frames: OutputFramesConfig = group(OutputFramesConfig)
 
 
 @dataclass
@@ -74,6 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "shortcut for --map.load_path")
     add_cli_args(parser, ReconConfig)
     add_cli_args(parser, RefineArgs)
+    add_cli_args(parser, FramesArgs)
 
 
 def build_config(args: argparse.Namespace):
@@ -98,7 +110,7 @@ def build_config(args: argparse.Namespace):
     return cfg
 
 
-def open_input(args: argparse.Namespace, use_depth: bool):
+def open_input(args: argparse.Namespace, use_depth: bool, frames: Optional[OutputFramesConfig] = None):
     from recon_ros.errors import UserInputError
     from recon_ros.io.sources import detect_source_kind, open_source
 
@@ -114,6 +126,10 @@ def open_input(args: argparse.Namespace, use_depth: bool):
     if kind == "bag":
         opts.update(image_topic=args.image_topic, camera_info_topic=args.camera_info_topic,
                     depth_topic=args.depth_topic, use_depth=use_depth)
+        if frames is not None:  # TF from the bag: the mounting and the odometry, as the node reads them
+            opts.update(base_frame=frames.base_frame or None, odom_frame=frames.odom_frame or None)
+    elif frames is not None and (frames.base_frame or frames.odom_frame):
+        raise UserInputError(f"--frames.base_frame and --frames.odom_frame need TF: a bag input, not {kind}")
     return open_source(path, kind=kind, **opts)
 
 
@@ -133,7 +149,9 @@ def run(args: argparse.Namespace) -> int:
         if args.no_transients:
             set_value(rargs, "refine.transients.enabled", False)
         refinement = PeriodicRefinement(rargs.refine, rargs.schedule, map_cfg=cfg.map)
-    source = open_input(args, use_depth=not args.no_depth)
+    from recon_ros.config import apply_cli_args
+    frames = apply_cli_args(FramesArgs(), args).frames
+    source = open_input(args, use_depth=not args.no_depth, frames=frames)
     out = Path(args.out) if args.out else Path("recon_out") / Path(args.input).resolve().name
     if cfg.map.load_path and out.resolve() == Path(cfg.map.load_path).expanduser().resolve():
         from recon_ros.errors import UserInputError
@@ -144,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
         log.info("replaying %s with the %s frontend into %s", source.describe(), recon.frontend.name, out)
         res = run_replay(recon, source, out, total=len(source) or None, bag=not args.no_bag,
                          bag_storage=args.bag_storage, progress=not args.no_progress,
-                         source_skips=source.skips, refinement=refinement)
+                         source_skips=source.skips, refinement=refinement, tf_frames=frames)
     st = res.stats
     print(f"{res.frames_in} frames in {res.seconds:.1f} s ({res.fps:.1f} frames/s): "
           f"{st['keyframes']} keyframes, {st['map_points']} map points, scale {st['scale']:.4f}"

@@ -156,7 +156,8 @@ class BagFrameSource(FrameSource):
 
     Options: topic names (auto-detected when omitted), ``use_depth``, ``slop_s`` (depth-to-image
     matching tolerance), ``odom_frame`` (fill ``T_odom_cam`` from TF; ``camera_frame`` defaults
-    to the image's frame_id), ``read_gt`` (``Frame.extras['T_world_cam_gt']`` from the ``gt/``
+    to the image's frame_id), ``base_frame`` (``Frame.extras['T_base_cam']``, the camera's
+    mounting on the body, from TF), ``read_gt`` (``Frame.extras['T_world_cam_gt']`` from the ``gt/``
     TF frames when present), ``undistort`` (remove plumb_bob / rational distortion so K is a
     pinhole), ``K`` (intrinsics to use when the bag has no CameraInfo).
     """
@@ -166,7 +167,7 @@ class BagFrameSource(FrameSource):
     def __init__(self, path: Union[str, os.PathLike], *, image_topic: Optional[str] = None,
                  camera_info_topic: Optional[str] = None, depth_topic: Optional[str] = None,
                  use_depth: bool = True, slop_s: float = 0.02, odom_frame: Optional[str] = None,
-                 camera_frame: Optional[str] = None, tf_tolerance_s: float = 0.05,
+                 base_frame: Optional[str] = None, camera_frame: Optional[str] = None, tf_tolerance_s: float = 0.05,
                  read_gt: bool = True, gt_frames: tuple[str, str] = (T.GT_WORLD_FRAME, T.GT_CAMERA_FRAME),
                  undistort: bool = True, K: Optional[np.ndarray] = None, stride: int = 1,
                  max_frames: Optional[int] = None, topics: T.CameraTopics = T.CameraTopics()) -> None:
@@ -180,6 +181,7 @@ class BagFrameSource(FrameSource):
                                             False if not use_depth else depth_topic, topics)
         self.slop_ns = int(round(slop_s * 1e9))
         self.odom_frame = odom_frame
+        self.base_frame = base_frame
         self.camera_frame = camera_frame
         self.read_gt = read_gt
         self.gt_frames = gt_frames
@@ -371,6 +373,14 @@ class BagFrameSource(FrameSource):
                 self.skips.counts["no_odometry_tf"] += 1
                 if self.skips.counts["no_odometry_tf"] <= 3:
                     logger.warning("%s: no odometry prior: %s", self.path.name, exc)
+        if self.base_frame:
+            cam = self.camera_frame or frame_id
+            try:
+                frame.extras["T_base_cam"] = self.tf.lookup(self.base_frame, cam, stamp)
+            except TransformLookupError as exc:
+                self.skips.counts["no_mounting_tf"] += 1
+                if self.skips.counts["no_mounting_tf"] <= 3:
+                    logger.warning("%s: no mounting of %s on %s: %s", self.path.name, cam, self.base_frame, exc)
         if self.read_gt and self.tf.has_frame(self.gt_frames[1]):
             try:
                 frame.extras["T_world_cam_gt"] = self.tf.lookup(self.gt_frames[0], self.gt_frames[1], stamp)

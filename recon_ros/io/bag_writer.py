@@ -157,6 +157,13 @@ class BagWriter:
     def has_topic(self, topic: str) -> bool:
         return topic in self._conns
 
+    def write_raw(self, topic: str, data: bytes, stamp_ns: int) -> None:
+        """Write an already serialized (CDR) message onto a declared ``topic``."""
+        if topic not in self._conns:
+            raise UserInputError(f"declare topic {topic} with add_topic() first")
+        self._writer.write(self._conns[topic][0], int(stamp_ns), bytes(data))
+        self.counts[topic] += 1
+
     def write(self, topic: str, msg: Any, stamp_ns: Optional[int] = None) -> None:
         """Serialise ``msg`` (CDR) onto ``topic``; the log time defaults to its header stamp."""
         if topic not in self._conns:

@@ -5,9 +5,9 @@ keyframes, and an output bag.
 output rosbag2 that ``ros2 bag play`` + RViz (fixed frame ``map``) shows: the fused map
 (``/recon/map_cloud``), at the end the mesh (``/recon/map_mesh``, a Marker TRIANGLE_LIST) and
 the occupancy grid (``/recon/occupancy``), optional per-frame clouds, the camera pose and
-keyframe path, TF ``map -> recon_camera`` and the static ``map -> recon_world``. The frame
-conventions are the ROS node's: ``map`` is z-up, ``recon_world`` the first camera's optical
-frame. The occupancy grid is cut in ``map`` (z-up); map.ply and mesh.ply are in
+keyframe path, the node's TF (``map -> <camera frame>``, ``map -> base`` or ``map -> odom``) and
+the static ``map -> recon_world``. The frame conventions are the ROS node's: ``map`` is z-up,
+``recon_world`` the first camera's optical frame. The occupancy grid is cut in ``map`` (z-up); map.ply and mesh.ply are in
 ``recon_world`` like the trajectories, as the evaluation expects.
 """
 from __future__ import annotations
@@ -21,16 +21,14 @@ import numpy as np
 from recon_ros.io.arrays import write_npz
 from recon_ros.io.atomic import write_bytes_atomic, write_text_atomic
 
-from recon_ros.geometry.transforms import map_from_optical, rigid_part, transform_points
+from recon_ros.geometry.transforms import rigid_part, transform_points
 from recon_ros.io.atomic import atomic_path
 from recon_ros.io.ply import write_ply
 from recon_ros.io.trajectory import write_tum
 
 log = logging.getLogger(__name__)
 
-MAP_FRAME = "map"
-RECON_FRAME = "recon_world"
-CAMERA_FRAME = "recon_camera"
+CAMERA_FRAME = "recon_camera"  # the camera frame of inputs whose frames carry no frame id
 TOPICS = {
     "map_cloud": "/recon/map_cloud",
     "frame_cloud": "/recon/frame_cloud",
@@ -173,14 +171,22 @@ def read_pgm(path: Path) -> np.ndarray:
 
 
 class ReconBagRecorder:
-    """Writes reconstruction results to a rosbag2 as the ROS node would publish them."""
+    """Writes reconstruction results to a rosbag2 as recon_node publishes them, with the same
+    frames (``frames``: an :class:`recon_ros.ros.schema.OutputFramesConfig`; pose and TF come
+    from :func:`recon_ros.ros.tf.estimate_outputs`, as in the node): with a base frame the map
+    starts at the body's first pose (the camera mounting ``frame.extras['T_base_cam']``) and the
+    body's pose is written, with an odom frame ``map -> odom`` from ``frame.T_odom_cam``."""
 
-    def __init__(self, writer: Any, frame_clouds: bool = False, images: bool = False) -> None:
+    def __init__(self, writer: Any, frame_clouds: bool = False, images: bool = False,
+                 frames: Any = None) -> None:
+        from recon_ros.ros.schema import OutputFramesConfig
         self.writer = writer
         self.types = writer.types
         self.frame_clouds = frame_clouds
         self.images = images
-        self.T_map_recon = map_from_optical()
+        self.frames = frames if frames is not None else OutputFramesConfig()
+        self.T_map_recon: Optional[np.ndarray] = None  # fixed at the first estimate
+        self.T_base_cam: Optional[np.ndarray] = None
         w = writer
         w.add_topic(TOPICS["map_cloud"], "sensor_msgs/msg/PointCloud2", qos="latched")
         w.add_topic(TOPICS["pose"], "geometry_msgs/msg/PoseStamped")
@@ -193,36 +199,48 @@ class ReconBagRecorder:
             w.add_topic(TOPICS["frame_cloud"], "sensor_msgs/msg/PointCloud2")
         if images:
             w.add_topic(TOPICS["image"], "sensor_msgs/msg/Image")
-        self._static_written = False
         self._last_stamp: Optional[int] = None
 
-    def _static(self, stamp_ns: int) -> None:
+    def _anchor(self, stamp_ns: int, T_base_cam: Optional[np.ndarray] = None) -> np.ndarray:
+        """``T_map_recon``, fixed (and written as static TF) at the first estimate."""
         from recon_ros.io.messages import make_tf_message, make_transform_stamped
-        if self._static_written:
-            return
-        tf = make_transform_stamped(self.types, self.T_map_recon, MAP_FRAME, RECON_FRAME, stamp_ns)
-        self.writer.write("/tf_static", make_tf_message(self.types, [tf]), stamp_ns)
-        self._static_written = True
+        from recon_ros.ros.tf import map_from_recon
+        if self.T_map_recon is None:
+            f = self.frames
+            if f.base_frame and T_base_cam is None:
+                log.warning("output bag: no mounting of the camera in %s (no TF in the input): "
+                            "the map starts at the camera's first pose", f.base_frame)
+            self.T_base_cam = T_base_cam if f.base_frame else None
+            self.T_map_recon = map_from_recon(self.T_base_cam)
+            tf = make_transform_stamped(self.types, self.T_map_recon, f.map_frame, f.recon_frame, stamp_ns)
+            self.writer.write("/tf_static", make_tf_message(self.types, [tf]), stamp_ns)
+        return self.T_map_recon
 
     def estimate(self, est: Any) -> None:
         """Pose, TF and (optionally) the frame's cloud and image of one final estimate."""
         from recon_ros.io.messages import (make_image, make_pointcloud2, make_pose_stamped,
                                            make_tf_message, make_transform_stamped)
+        from recon_ros.ros.tf import estimate_outputs
         stamp = int(est.stamp_ns)
-        self._static(stamp)
-        T_map_cam = rigid_part(self.T_map_recon @ est.T_world_cam)
-        self.writer.write(TOPICS["pose"], make_pose_stamped(self.types, T_map_cam, MAP_FRAME, stamp), stamp)
-        tf = make_transform_stamped(self.types, T_map_cam, MAP_FRAME, CAMERA_FRAME, stamp)
-        self.writer.write("/tf", make_tf_message(self.types, [tf]), stamp)
+        frame = est.frame
+        camera_frame = (frame.frame_id if frame is not None and frame.frame_id else CAMERA_FRAME)
+        extras = frame.extras if frame is not None and frame.extras else {}
+        T_map_recon = self._anchor(stamp, extras.get("T_base_cam"))
+        o = estimate_outputs(self.frames, T_map_recon, est.T_world_cam, camera_frame, self.T_base_cam,
+                             frame.T_odom_cam if frame is not None else None)
+        map_frame = self.frames.map_frame
+        self.writer.write(TOPICS["pose"], make_pose_stamped(self.types, o.T_map_base, map_frame, stamp), stamp)
+        if o.tf is not None:
+            tf = make_transform_stamped(self.types, o.tf[2], o.tf[0], o.tf[1], stamp)
+            self.writer.write("/tf", make_tf_message(self.types, [tf]), stamp)
         if self.frame_clouds:
             ok = est.valid_mask()
-            xyz = transform_points(self.T_map_recon, est.points[ok].astype(np.float32))
-            msg = make_pointcloud2(self.types, xyz, stamp, MAP_FRAME, colors=est.colors[ok],
+            xyz = transform_points(T_map_recon, est.points[ok].astype(np.float32))
+            msg = make_pointcloud2(self.types, xyz, stamp, map_frame, colors=est.colors[ok],
                                    confidence=est.confidence[ok])
             self.writer.write(TOPICS["frame_cloud"], msg, stamp)
-        if self.images and est.frame is not None:
-            self.writer.write(TOPICS["image"], make_image(self.types, est.frame.rgb, "rgb8", stamp,
-                                                          CAMERA_FRAME), stamp)
+        if self.images and frame is not None:
+            self.writer.write(TOPICS["image"], make_image(self.types, frame.rgb, "rgb8", stamp, camera_frame), stamp)
         self._last_stamp = stamp
 
     def map(self, recon: Any, stamp_ns: Optional[int] = None, products: bool = False) -> None:
@@ -230,19 +248,22 @@ class ReconBagRecorder:
         with ``products`` also the mesh and the occupancy grid."""
         from recon_ros.io.messages import make_path, make_pointcloud2
         stamp = int(stamp_ns if stamp_ns is not None else (self._last_stamp or 0))
-        self._static(stamp)
+        T_map_recon = self._anchor(stamp)
+        map_frame = self.frames.map_frame
         xyz, rgb, conf = recon.fused_cloud()
-        xyz = transform_points(self.T_map_recon, np.asarray(xyz, dtype=np.float32))
+        xyz = transform_points(T_map_recon, np.asarray(xyz, dtype=np.float32))
         self.writer.write(TOPICS["map_cloud"],
-                          make_pointcloud2(self.types, xyz, stamp, MAP_FRAME, colors=rgb, confidence=conf), stamp)
-        poses = [(kf.stamp_ns, rigid_part(self.T_map_recon @ kf.T_world_cam)) for kf in recon.keyframes()]
-        self.writer.write(TOPICS["path"], make_path(self.types, poses, MAP_FRAME, stamp), stamp)
+                          make_pointcloud2(self.types, xyz, stamp, map_frame, colors=rgb, confidence=conf), stamp)
+        poses = [(kf.stamp_ns, rigid_part(T_map_recon @ kf.T_world_cam)) for kf in recon.keyframes()]
+        self.writer.write(TOPICS["path"], make_path(self.types, poses, map_frame, stamp), stamp)
         if products:
-            from recon_ros.io.messages import make_mesh_marker, make_occupancy_grid
+            from recon_ros.io.messages import make_occupancy_grid, mesh_marker_cdr, message_has_field
             verts, faces, vrgb, _ = recon.mesh()
-            verts = transform_points(self.T_map_recon, np.asarray(verts, dtype=np.float32))
-            self.writer.write(TOPICS["map_mesh"], make_mesh_marker(self.types, verts, faces, stamp, MAP_FRAME,
-                                                                   colors=vrgb), stamp)
-            grid = map_occupancy(recon, self.T_map_recon)
+            verts = transform_points(T_map_recon, np.asarray(verts, dtype=np.float32))
+            marker = self.types["visualization_msgs/msg/Marker"]
+            self.writer.write_raw(TOPICS["map_mesh"], mesh_marker_cdr(
+                verts, faces, stamp, map_frame, colors=vrgb,
+                texture_fields=message_has_field(marker, "mesh_file")), stamp)
+            grid = map_occupancy(recon, T_map_recon)
             self.writer.write(TOPICS["occupancy"], make_occupancy_grid(self.types, grid.data, grid.resolution,
-                                                                       grid.origin, stamp, MAP_FRAME), stamp)
+                                                                       grid.origin, stamp, map_frame), stamp)

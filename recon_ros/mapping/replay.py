@@ -72,12 +72,13 @@ def _count_state(result: ReplayResult, state: str, stamp_ns: int) -> None:
 
 def run_replay(recon: Reconstructor, frames: Iterable[Any], out_dir: Path, *, total: Optional[int] = None,
                bag: bool = True, bag_storage: str = "sqlite3", progress: bool = True,
-               source_skips: Any = None, refinement: Any = None) -> ReplayResult:
+               source_skips: Any = None, refinement: Any = None, tf_frames: Any = None) -> ReplayResult:
     """Process ``frames`` with ``recon`` and write map, trajectories, keyframes, output bag,
     effective config and a summary under ``out_dir``. ``source_skips`` is the source's skip
     counter (read once the frames are consumed). ``refinement`` (a
     :class:`recon_ros.refine.periodic.PeriodicRefinement`) runs the background stages on
-    their schedule and adds before/after outputs."""
+    their schedule and adds before/after outputs. ``tf_frames`` (an OutputFramesConfig) names the
+    output bag's TF frames, as recon_node's ``frames.*``."""
     from tqdm import tqdm
 
     from recon_ros.io.bag_writer import BagWriter
@@ -90,7 +91,7 @@ def run_replay(recon: Reconstructor, frames: Iterable[Any], out_dir: Path, *, to
     writer = recorder = None
     if bag:
         writer = BagWriter(out_dir / "recon_bag", storage=bag_storage, overwrite=True).open()
-        recorder = ReconBagRecorder(writer, frame_clouds=recon.cfg.output.frame_clouds)
+        recorder = ReconBagRecorder(writer, frame_clouds=recon.cfg.output.frame_clouds, frames=tf_frames)
     gt: list[tuple[int, np.ndarray]] = []
     bar = tqdm(total=total, unit="frame", disable=not progress, dynamic_ncols=True, desc="replay")
     t0 = time.perf_counter()

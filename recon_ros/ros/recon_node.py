@@ -763,15 +763,14 @@ class ReconNode(LifecycleNode):
     def _publish_estimate(self, est: Any, final: bool) -> None:
         f, p = self.ros.frames, self.ros.publish
         T_map_recon = self._anchor()
-        T_map_cam = rtf.pose_in_map(T_map_recon, est.T_world_cam)
-        base = self._out.T_base_cam if f.base_frame else None
-        T_map_base = rtf.body_pose(T_map_cam, base)
-        child = f.base_frame or self._out.camera_frame
         publish_pose = final != p.provisional_pose
         if publish_pose:
-            self._pubs["pose"].publish(convert.pose_stamped(self._msg, T_map_base, est.stamp_ns, f.map_frame))
-            self._pubs["odom"].publish(convert.odometry(self._msg, T_map_base, est.stamp_ns, f.map_frame, child))
-            self._publish_tf(T_map_base, est.stamp_ns)
+            o = rtf.estimate_outputs(f, T_map_recon, est.T_world_cam, self._out.camera_frame,
+                                     self._out.T_base_cam, self._out.odom_by_stamp.get(est.stamp_ns))
+            self._pubs["pose"].publish(convert.pose_stamped(self._msg, o.T_map_base, est.stamp_ns, f.map_frame))
+            self._pubs["odom"].publish(convert.odometry(self._msg, o.T_map_base, est.stamp_ns, f.map_frame, o.child))
+            if self._tf_pub is not None and o.tf is not None:
+                self._tf_pub.sendTransform(convert.transform_stamped(self._msg, o.tf[2], est.stamp_ns, *o.tf[:2]))
         if not final:
             return
         want_cloud = p.frame_cloud and self._pubs["frame_cloud"].get_subscription_count() > 0
@@ -788,21 +787,6 @@ class ReconNode(LifecycleNode):
         if p.confidence_image and self._pubs["confidence"].get_subscription_count() > 0:
             self._pubs["confidence"].publish(convert.image(
                 self._msg, np.asarray(est.confidence, dtype=np.float32), "32FC1", est.stamp_ns, self._out.camera_frame))
-
-    def _publish_tf(self, T_map_base: np.ndarray, stamp_ns: int) -> None:
-        f = self.ros.frames
-        if self._tf_pub is None:
-            return
-        plan = rtf.plan_tf(f.map_frame, f.odom_frame, f.base_frame, self._out.camera_frame)
-        if plan.via_odom:
-            T_odom_cam = self._out.odom_by_stamp.get(stamp_ns)
-            if T_odom_cam is None:
-                return
-            T_odom_base = rtf.body_pose(T_odom_cam, self._out.T_base_cam if f.base_frame else None)
-            T = rtf.map_to_odom(T_map_base, T_odom_base)
-        else:
-            T = T_map_base
-        self._tf_pub.sendTransform(convert.transform_stamped(self._msg, T, stamp_ns, plan.parent, plan.child))
 
     def _publish_keyframes(self, keyframes: list) -> None:
         if "keyframes" not in self._pubs:

@@ -55,8 +55,8 @@ class InputConfig:
 
 
 @dataclass
-class FramesConfig:
-    """TF frames (REP-103/105)."""
+class OutputFramesConfig:
+    """TF frames of the outputs (REP-103/105); recon-ros replay writes its output bag with them."""
 
     map_frame: str = param("map", "fixed frame of every output")
     recon_frame: str = param("recon_world", "frame of the reconstruction (the first camera's optical "
@@ -67,6 +67,12 @@ class FramesConfig:
                             "odom-corrected). Empty: the camera frame of the image header; set it "
                             "(e.g. base_link, camera_link) whenever the camera frame already has a "
                             "parent in TF")
+
+
+@dataclass
+class FramesConfig(OutputFramesConfig):
+    """TF frames (REP-103/105)."""
+
     publish_tf: bool = param(True, "publish TF (map -> odom or map -> base/camera, static map -> "
                              "recon_frame)")
     tf_timeout_s: float = param(0.5, "how long a frame waits for the transforms it needs before it "

@@ -55,6 +55,32 @@ def plan_tf(map_frame: str, odom_frame: str, base_frame: str, camera_frame: str)
     return TfPlan(map_frame, base_frame or camera_frame, False)
 
 
+@dataclass(frozen=True)
+class EstimateOutputs:
+    """What one camera pose becomes in ROS (recon_node's topics and the replay's output bag)."""
+
+    T_map_base: np.ndarray  # ~/pose and ~/odom: the body (or camera) pose in map
+    child: str  # the child frame of ~/odom
+    tf: Optional[tuple[str, str, np.ndarray]]  # the dynamic transform; None while odometry is missing
+
+
+def estimate_outputs(frames: Any, T_map_recon: np.ndarray, T_recon_cam: np.ndarray, camera_frame: str,
+                     T_base_cam: Optional[np.ndarray] = None, T_odom_cam: Optional[np.ndarray] = None
+                     ) -> EstimateOutputs:
+    """Pose and TF of a camera pose ``T_recon_cam`` for the frames config ``frames``
+    (map_frame, odom_frame, base_frame): ``T_base_cam`` is the camera mounting (used when a
+    base frame is set), ``T_odom_cam`` the odometry pose of the camera at that stamp (needed
+    when an odom frame is set)."""
+    base = T_base_cam if frames.base_frame else None
+    T_map_base = body_pose(pose_in_map(T_map_recon, T_recon_cam), base)
+    plan = plan_tf(frames.map_frame, frames.odom_frame, frames.base_frame, camera_frame)
+    tf: Optional[tuple[str, str, np.ndarray]] = (plan.parent, plan.child, T_map_base)
+    if plan.via_odom:
+        tf = None if T_odom_cam is None else (
+            plan.parent, plan.child, map_to_odom(T_map_base, body_pose(T_odom_cam, base)))
+    return EstimateOutputs(T_map_base, frames.base_frame or camera_frame, tf)
+
+
 def pose_in_map(T_map_recon: np.ndarray, T_recon_cam: np.ndarray) -> np.ndarray:
     """Camera pose in ``map`` (rigid) from the core's pose in ``recon_world``."""
     return rigid(np.asarray(T_map_recon) @ np.asarray(T_recon_cam))
