@@ -3,10 +3,10 @@
 INPUT is a rosbag2 (folder, .mcap or .db3), a ScanNet or ARKitScenes scene folder, an image
 folder or a video file. Writes into --out: map.ply (fused surface points with normals),
 mesh.ply (triangle mesh), occupancy.pgm + occupancy.yaml (2D grid for Nav2's map_server),
-trajectory.tum (every frame),
-keyframes.tum + keyframes/ (keyframe records), recon_bag/ (fused cloud, poses, path and TF for
-`ros2 bag play` + RViz, in recon_node's frames: --frames.base_frame / --frames.odom_frame read
-the mounting and the odometry from the bag's TF as the node does), gt_trajectory.tum when the input carries ground truth, config.yaml (the
+trajectory.tum (every frame), keyframes.tum + keyframes/ (keyframe records), recon_bag/ (fused
+cloud, poses, path and TF for `ros2 bag play` + RViz, in recon_node's frames:
+--frames.base_frame / --frames.odom_frame read the mounting and the odometry from the bag's TF
+as the node does), gt_trajectory.tum when the input carries ground truth, config.yaml (the
 effective configuration) and summary.json. Ctrl-C stops early and still writes complete
 outputs of what was processed.
 
