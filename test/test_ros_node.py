@@ -766,15 +766,10 @@ def test_mesh_and_occupancy_are_published_latched_in_map(ros):
     assert len(mesh_pub.messages) == n
 
 
-def test_map_outputs_are_extracted_beside_the_worker(ros):
-    """~/map_cloud, ~/map_mesh and ~/occupancy are extracted from a snapshot on their own
-    thread: a slow extraction (here 0.5 s) never holds up the frames, and a snapshot that
-    could not be published before the next one keeps what it was due to publish."""
-    import threading
-
-    node, recon = start(ros, overrides={"publish.products_rate_hz": 5.0, "publish.map_cloud_rate_hz": 5.0})
+def slow_map_extraction(recon, wait) -> list:
+    """Make every map snapshot of ``recon`` call ``wait()`` before its cloud is extracted;
+    returns the snapshots made."""
     snapshots = []
-    release = threading.Event()
     make = recon.map_snapshot
 
     def slow_snapshot():
@@ -782,7 +777,7 @@ def test_map_outputs_are_extracted_beside_the_worker(ros):
         original = snap.fused_cloud
 
         def fused_cloud():
-            release.wait(5.0)
+            wait()
             return original()
 
         snap.fused_cloud = fused_cloud
@@ -790,6 +785,18 @@ def test_map_outputs_are_extracted_beside_the_worker(ros):
         return snap
 
     recon.map_snapshot = slow_snapshot
+    return snapshots
+
+
+def test_map_outputs_are_extracted_beside_the_worker(ros):
+    """~/map_cloud, ~/map_mesh and ~/occupancy are extracted from a snapshot on their own
+    thread: a slow extraction (here 0.5 s) never holds up the frames, and a snapshot that
+    could not be published before the next one keeps what it was due to publish."""
+    import threading
+
+    node, recon = start(ros, overrides={"publish.products_rate_hz": 5.0, "publish.map_cloud_rate_hz": 5.0})
+    release = threading.Event()
+    snapshots = slow_map_extraction(recon, lambda: release.wait(5.0))
     for i in range(4):
         feed(node, 2_000_000_000 + i * 300_000_000)
         assert node._worker.wait_idle(10.0)  # frames go on while the first extraction waits
@@ -809,20 +816,7 @@ def test_map_extraction_keeps_to_its_share_of_the_cpu(ros):
     from std_srvs.srv import Trigger
 
     node, recon = start(ros, overrides={"publish.map_cloud_rate_hz": 30.0, "publish.products_rate_hz": 0.0})
-    make = recon.map_snapshot
-
-    def slow_snapshot():
-        snap = make()
-        original = snap.fused_cloud
-
-        def fused_cloud():
-            time.sleep(0.2)
-            return original()
-
-        snap.fused_cloud = fused_cloud
-        return snap
-
-    recon.map_snapshot = slow_snapshot
+    slow_map_extraction(recon, lambda: time.sleep(0.2))
     clouds = pub(node, "map_cloud").messages
     feed(node, stamp(0))
     settle(node)
