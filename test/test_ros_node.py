@@ -583,7 +583,6 @@ def test_diagnostics_report_health(ros):
 def test_core_is_only_touched_by_the_worker(ros):
     """Diagnostics read the worker's statistics snapshot; they never call into the core from
     their own thread (where they could race with the frame being processed)."""
-    import threading
     node, recon = start(ros)
     callers = []
     stats = recon.stats
@@ -792,8 +791,6 @@ def test_map_outputs_are_extracted_beside_the_worker(ros):
     """~/map_cloud, ~/map_mesh and ~/occupancy are extracted from a snapshot on their own
     thread: a slow extraction (here 0.5 s) never holds up the frames, and a snapshot that
     could not be published before the next one keeps what it was due to publish."""
-    import threading
-
     node, recon = start(ros, overrides={"publish.products_rate_hz": 5.0, "publish.map_cloud_rate_hz": 5.0})
     release = threading.Event()
     snapshots = slow_map_extraction(recon, lambda: release.wait(5.0))
