@@ -145,6 +145,24 @@ def test_an_object_seen_through_fewer_times_than_it_was_seen_leaves_the_surface(
     assert len(wall) > 0.95 * np.sum(np.abs(kept[:, 2] - 3.0) < 0.01)
 
 
+def test_removing_a_frame_removes_its_violations():
+    """Violations are voxel sums like the others: a frame that sees through the object adds
+    them, and removing that frame takes them back exactly (the object reappears)."""
+    m = SurfaceMap(_cfg(voxel_size_m=0.02))
+    for i in range(5):
+        _fuse(m, _wall_with_box(True), np.eye(4), i)
+    free_ref = m.volume.free[:m.volume.n].clone()
+    n_box = int(np.sum(m.points()[0][:, 2] < 2.0))
+    _fuse(m, _wall_with_box(False), np.eye(4), 99)
+    assert float(m.volume.free[:free_ref.shape[0]].sum()) > float(free_ref.sum()) + 100
+    assert np.sum(m.points()[0][:, 2] < 2.0) < 0.05 * n_box
+    fr = m._frames[99]
+    m._integrate(fr, fr.T_world_cam, -1.0)
+    m._cache.clear()
+    torch.testing.assert_close(m.volume.free[:free_ref.shape[0]], free_ref, atol=1e-5, rtol=0)
+    assert int(np.sum(m.points()[0][:, 2] < 2.0)) == n_box
+
+
 def test_static_surfaces_seen_from_many_views_stay():
     """A room with boxes (silhouettes, grazing walls) seen along a noisy loop: the free-space
     vote leaves out almost nothing and the surface keeps its accuracy."""
