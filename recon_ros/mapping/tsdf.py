@@ -82,6 +82,7 @@ _ARRAYS = ("keys", "coords", "tsdf_sum", "weight", "count", "free", "last_seen",
 _TILE = 8  # occlusion culling: tile size (pixels) ...
 _DIL = 2  # ... and dilation (tiles)
 _NEAR_Z = 1e-6  # voxels nearer to the camera plane are not projected
+_MAX_FOOTPRINT = 15  # pixels: largest window of the nearest-surface test of violations
 
 
 def pack_keys(ijk: torch.Tensor) -> torch.Tensor:
@@ -95,11 +96,24 @@ def unpack_keys(keys: torch.Tensor) -> torch.Tensor:
     return torch.stack([(keys >> (2 * _BITS)) & mask, (keys >> _BITS) & mask, keys & mask], 1) - _OFF
 
 
-def _nearest_surface(depth: torch.Tensor) -> torch.Tensor:
-    """(H, W) smallest valid depth of the 3x3 pixels around each pixel (0 where none is)."""
+def _nearest_surface(depth: torch.Tensor, radius: int) -> torch.Tensor:
+    """(H, W) smallest valid depth of the pixels within ``radius`` (a square) around each
+    pixel (0 where none is)."""
     d = depth.masked_fill(depth <= 0, math.inf)
-    near = -torch.nn.functional.max_pool2d(-d[None, None], 3, stride=1, padding=1)[0, 0]
+    near = -torch.nn.functional.max_pool2d(-d[None, None], 2 * radius + 1, stride=1,
+                                           padding=radius)[0, 0]
     return near.masked_fill_(torch.isinf(near), 0.0)
+
+
+def _footprint_radius(depth: torch.Tensor, focal: float, voxel_cam: float) -> int:
+    """Pixels that half a voxel diagonal covers at the frame's nearest reading (1 to
+    _MAX_FOOTPRINT): the window in which a voxel's projection may fall."""
+    sample = depth[::4, ::4]
+    sample = sample[sample > 0]
+    if sample.numel() == 0:
+        return 1
+    r = focal * voxel_cam * math.sqrt(3.0) / 2.0 / max(float(sample.min()), 1e-6)
+    return int(min(_MAX_FOOTPRINT, max(1, math.ceil(r))))
 
 
 def _mean(total: torch.Tensor, weight: torch.Tensor, empty: float) -> torch.Tensor:
@@ -347,7 +361,8 @@ class TSDFVolume:
         # and count are 0 on the border and where there is no reading: those voxels add 0)
         if counts is None:
             counts = (weights > 0).to(torch.float32)
-        planes = [depth, trunc.reciprocal(), weights, counts, _nearest_surface(depth)]
+        radius = _footprint_radius(depth, max(fx, fy), self.voxel / s)
+        planes = [depth, trunc.reciprocal(), weights, counts, _nearest_surface(depth, radius)]
         if colors is not None:
             planes += [colors[..., 0], colors[..., 1], colors[..., 2]]
         rows = self._padded_planes(planes).index_select(1, pix).view(len(planes), -1, VPB)
@@ -362,9 +377,10 @@ class TSDFVolume:
         w_i.mul_(seen)  # multiplies at about twice the speed of a bool one)
         n_i.mul_(seen)
         # a view sees through the voxel (a violation, counted apart for the transient vote of
-        # free_space_vote) when the nearest reading of the 3x3 pixels around its projection
-        # lies violation_truncations or more behind it: a voxel at an object's silhouette,
-        # whose own pixel may show the background, is not seen through
+        # free_space_vote) when the nearest reading of the pixels around its projection (a
+        # window as wide as a voxel at the frame's nearest reading, at least 3x3) lies
+        # violation_truncations or more behind it: a voxel at an object's silhouette, whose
+        # own pixel may show the background, is not seen through
         f_i = rows[4].sub_(z).mul_(rows[1])
         f_i = torch.ge(f_i, self.violation_truncations, out=torch.empty_like(f_i)).mul_(n_i)
         tsdf_i.clamp_(max=1.0)  # free space: +1
