@@ -217,7 +217,7 @@ class VolumeTransientConfig:
     enabled: bool = param(True, "leave out of the surface what views see through (moving "
                           "objects, passers-by)", dynamic=True)
     violation_truncations: float = param(1.0, "a view sees through a voxel (a violation) when "
-                                         "the nearest reading of the 3x3 pixels around its "
+                                         "the nearest reading of the pixels around its "
                                          "projection lies at least this many truncation "
                                          "distances behind it (1: the reading carves the voxel "
                                          "as free space)", min=1.0, max=100.0)

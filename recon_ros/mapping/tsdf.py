@@ -19,8 +19,8 @@ seen as surface only moves its zero crossing back (to where the surface readings
 minus the ratio of free to surface readings), and the crossing disappears only once the free
 readings outweigh the surface ones; the part of an object seen last is never seen through at
 all. So every voxel also counts its *violations*: views whose nearest reading around the
-voxel's projection (3x3 pixels, so that a voxel at a silhouette is not seen through by the
-background next to it) lies ``violation_truncations`` or more truncation distances behind it.
+voxel's projection (a window as wide as a voxel at the frame's nearest reading, so that a
+voxel at a silhouette is not seen through by the background next to it) lies ``violation_truncations`` or more truncation distances behind it.
 Occupied voxels (mean TSDF < 0) whose violations win the free-space vote
 (:func:`recon_ros.mapping.transience.free_space_vote`, the vote of the refiner's transient
 rejection) are transient, and the surface within ``radius`` voxels of them is left out of
