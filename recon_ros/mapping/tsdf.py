@@ -387,7 +387,7 @@ class TSDFVolume:
         n_i.mul_(seen)
         # a view sees through the voxel (a violation, counted apart for the transient vote of
         # free_space_vote) when the nearest reading of the pixels around its projection (a
-        # window as wide as a voxel at the frame's nearest reading, at least 3x3) lies
+        # window at least as wide as a voxel at the frame's nearest reading, at least 3x3) lies
         # violation_truncations or more behind it: a voxel at an object's silhouette, whose
         # own pixel may show the background, is not seen through
         f_i = rows[4].sub_(z).mul_(rows[1])
