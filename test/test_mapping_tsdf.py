@@ -120,6 +120,65 @@ def test_free_space_carving_removes_a_moving_object():
     assert len(behind) > 100
 
 
+def test_an_object_seen_through_fewer_times_than_it_was_seen_leaves_the_surface():
+    """Free-space carving alone only moves the zero crossing of an object seen 10 times and then
+    seen through 3 times (the +1 readings do not outweigh the surface ones); the free-space
+    vote on the voxels' violations removes it, and the wall behind stays."""
+    def run(enabled: bool) -> tuple[np.ndarray, int]:
+        cfg = _cfg(voxel_size_m=0.02)
+        cfg.transients.enabled = enabled
+        m = SurfaceMap(cfg)
+        for i in range(10):
+            _fuse(m, _wall_with_box(True), np.eye(4), i)
+        box_before = int(np.sum(m.points()[0][:, 2] < 2.0))
+        for i in range(10, 13):
+            _fuse(m, _wall_with_box(False), np.eye(4), i)
+        return m.points()[0], box_before
+
+    kept, box_before = run(enabled=False)
+    assert box_before > 300
+    assert np.sum(kept[:, 2] < 2.0) > 0.5 * box_before  # carving alone keeps most of the object
+    xyz, box_before = run(enabled=True)
+    assert box_before > 300  # not yet contradicted: the object is there while it is seen
+    assert np.sum(xyz[:, 2] < 2.0) < 0.05 * box_before
+    wall = xyz[np.abs(xyz[:, 2] - 3.0) < 0.01]
+    assert len(wall) > 0.95 * np.sum(np.abs(kept[:, 2] - 3.0) < 0.01)
+
+
+def test_removing_a_frame_removes_its_violations():
+    """Violations are voxel sums like the others: a frame that sees through the object adds
+    them, and removing that frame takes them back exactly (the object reappears)."""
+    m = SurfaceMap(_cfg(voxel_size_m=0.02))
+    for i in range(5):
+        _fuse(m, _wall_with_box(True), np.eye(4), i)
+    free_ref = m.volume.free[:m.volume.n].clone()
+    n_box = int(np.sum(m.points()[0][:, 2] < 2.0))
+    _fuse(m, _wall_with_box(False), np.eye(4), 99)
+    assert float(m.volume.free[:free_ref.shape[0]].sum()) > float(free_ref.sum()) + 100
+    assert np.sum(m.points()[0][:, 2] < 2.0) < 0.05 * n_box
+    fr = m._frames[99]
+    m._integrate(fr, fr.T_world_cam, -1.0)
+    m._cache.clear()
+    torch.testing.assert_close(m.volume.free[:free_ref.shape[0]], free_ref, atol=1e-5, rtol=0)
+    assert int(np.sum(m.points()[0][:, 2] < 2.0)) == n_box
+
+
+def test_static_surfaces_seen_from_many_views_stay():
+    """A room with boxes (silhouettes, grazing walls) seen along a noisy loop: the free-space
+    vote leaves out almost nothing and the surface keeps its accuracy."""
+    room, Kr, frames = _room_frames(24, 0.01)
+    out = {}
+    for enabled in (False, True):
+        cfg = _cfg(voxel_size_m=0.03, depth_noise_m=0.01, depth_noise_model="constant", min_weight=2.0)
+        cfg.transients.enabled = enabled
+        m = SurfaceMap(cfg)
+        for i, (rgb, depth, T) in enumerate(frames):
+            m.integrate_depth(i, depth, rgb, np.ones_like(depth), Kr, T)
+        out[enabled] = m.points()[0]
+    assert len(out[True]) > 0.995 * len(out[False])
+    assert _accuracy(room, out[True]) <= _accuracy(room, out[False]) * 1.01
+
+
 def test_min_weight_rule_hides_surfaces_seen_too_few_times():
     m = SurfaceMap(_cfg(voxel_size_m=0.02, min_weight=3.0))
     depth = np.full((H, W), 2.0, np.float32)
@@ -144,6 +203,7 @@ def test_deintegration_is_exact():
         m.integrate_depth(i, depth, rgb, np.ones_like(depth), Kr, T)
     t_ref = m.volume.tsdf[:m.volume.n].clone()
     w_ref = m.volume.weight[:m.volume.n].clone()
+    f_ref = m.volume.free[:m.volume.n].clone()
     rgb, depth, T = frames[4]
     m.integrate_depth(99, depth, rgb, np.ones_like(depth), Kr, T)
     fr = m._frames[99]
@@ -152,6 +212,7 @@ def test_deintegration_is_exact():
     # blocks allocated by the removed frame are empty again; the others are as before
     assert torch.all(m.volume.weight[n:m.volume.n] == 0)
     torch.testing.assert_close(m.volume.weight[:n], w_ref, atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(m.volume.free[:n], f_ref, atol=1e-4, rtol=0)
     observed = w_ref > 1e-3
     torch.testing.assert_close(m.volume.tsdf[:n][observed], t_ref[observed], atol=1e-3, rtol=0)
 

@@ -211,6 +211,30 @@ class KeyframeConfig:
 
 
 @dataclass
+class VolumeTransientConfig:
+    """Moving objects in the fused volume: the free-space vote on voxel violations.
+
+    The same vote as the refiner's transient rejection (docs/mapping.md, "Moving objects")."""
+
+    enabled: bool = param(True, "leave out of the surface what views see through (moving "
+                          "objects, passers-by)", dynamic=True)
+    violation_truncations: float = param(1.0, "a view sees through a voxel (a violation) when "
+                                         "the nearest reading of the pixels around its "
+                                         "projection lies at least this many truncation "
+                                         "distances behind it (1: the reading carves the voxel "
+                                         "as free space)", min=1.0, max=100.0)
+    min_violations: float = param(1.0, "violations (each counted by its confidence, at most "
+                                  "1) that make an occupied voxel transient", min=0.0, max=1e6,
+                                  dynamic=True)
+    vote_ratio: float = param(0.1, "... and they must exceed this fraction of the readings of "
+                              "the voxel", min=0.0, max=1.0, dynamic=True)
+    radius_voxels: int = param(3, "surface within this many voxels (a cube) of a transient "
+                               "voxel is left out too: an object moves as a whole, and the "
+                               "part of it seen last is never seen through", min=0, max=64,
+                               dynamic=True)
+
+
+@dataclass
 class OccupancyConfig:
     """The 2D occupancy grid (nav_msgs/OccupancyGrid, map_server files) cut from the volume."""
 
@@ -293,6 +317,7 @@ class MapConfig:
     load_path: str = param("", "a saved map folder (written by recon-ros replay or ~/save_map) "
                            "to continue or to localize against; the first frames are "
                            "relocalized in it (rgbd frontend); empty: start a new map")
+    transients: VolumeTransientConfig = group(VolumeTransientConfig)
     occupancy: OccupancyConfig = group(OccupancyConfig)
 
 

@@ -36,7 +36,7 @@ from recon_ros.geometry.transforms import sim3_decompose
 from recon_ros.io.arrays import write_npz
 from recon_ros.mapping.frame import FrameEstimate
 from recon_ros.mapping.schema import MapConfig
-from recon_ros.mapping.tsdf import BLOCK, VPB, TSDFVolume
+from recon_ros.mapping.tsdf import BLOCK, VPB, TransientRule, TSDFVolume
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +137,10 @@ class SurfaceMap:
         self.config = config if config is not None else MapConfig()
         self.device = torch.device(device)
         self.voxel = float(self.config.voxel_size_m)
-        self.volume = TSDFVolume(self.voxel, device=self.device, min_weight=self.config.min_weight)
+        self.volume = TSDFVolume(self.voxel, device=self.device, min_weight=self.config.min_weight,
+                                 violation_truncations=self.config.transients.violation_truncations)
         self._reset_counters()
+        self._sync_rules()
 
     def _reset_counters(self) -> None:
         self._frames: OrderedDict[int, FusedFrame] = OrderedDict()
@@ -323,8 +325,10 @@ class SurfaceMap:
         surface has no stored frames: corrections move only what is fused after it."""
         n = len(np.asarray(arrays["coords"]))
         shapes = {"coords": (n, 3), "tsdf": (n, VPB), "weight": (n, VPB), "count": (n, VPB),
-                  "color": (n, VPB, 3)}
+                  "color": (n, VPB, 3), "free": (n, VPB)}
         for name, shape in shapes.items():
+            if name == "free" and name not in arrays:
+                continue  # saved before violations were kept: none
             if np.shape(arrays[name]) != shape:
                 raise ValueError(f"volume: {name} has shape {np.shape(arrays[name])}, expected {shape}")
         if int(arrays["block"]) != BLOCK or not np.isclose(float(arrays["voxel_size"]), self.voxel):
@@ -345,10 +349,21 @@ class SurfaceMap:
         return out
 
     # ------------------------------------------------------------------ products
+    def _sync_rules(self) -> None:
+        """The extraction rules of the volume from the (dynamic) map config."""
+        self.volume.min_weight = float(self.config.min_weight)
+        tc = self.config.transients
+        rule = TransientRule(min_violations=float(tc.min_violations), vote_ratio=float(tc.vote_ratio),
+                             radius=int(tc.radius_voxels)) if tc.enabled else None
+        if rule != self.volume.transients:
+            self.volume.transients = rule
+            self._cache.pop("points", None)
+            self._cache.pop("mesh", None)
+
     def points(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Surface points: xyz float32 (N, 3), normals float32 (N, 3), rgb uint8 (N, 3),
         weight float32 (N,) (cached until the map changes)."""
-        self.volume.min_weight = float(self.config.min_weight)
+        self._sync_rules()
         if "points" not in self._cache:
             self._cache["points"] = self.volume.extract_points()
             self.last_point_count = int(len(self._cache["points"][0]))
@@ -356,7 +371,7 @@ class SurfaceMap:
 
     def mesh(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Triangle mesh: vertices (V, 3), faces (F, 3), rgb (V, 3), normals (V, 3)."""
-        self.volume.min_weight = float(self.config.min_weight)
+        self._sync_rules()
         if "mesh" not in self._cache:
             self._cache["mesh"] = self.volume.extract_mesh()
         return self._cache["mesh"]

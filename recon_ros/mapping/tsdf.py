@@ -10,13 +10,23 @@ the depth image; its signed distance to the measured surface along the viewing d
 ``sdf = d(u, v) - z``, truncated to ``[-trunc, trunc]`` and divided by ``trunc``, enters a
 weighted running average with the pixel's weight. Voxels farther than ``trunc`` behind the
 surface are not updated (occluded). Voxels in front of the surface get the truncated value
-``+1`` whatever their distance: this is free-space carving. An object that moved away, or a
-flying pixel seen once, is later seen *through*; every such view pushes its voxels towards
-``+1`` and its surface evidence loses weight against the free-space evidence, so its zero
-crossing disappears. Carving reaches every allocated block in front of the measured surface
-(not only the blocks next to it), found by projecting all block centres.
+``+1`` whatever their distance: this is free-space carving. Carving reaches every allocated
+block in front of the measured surface (not only the blocks next to it), found by projecting
+all block centres.
 
-Every voxel stores the sums ``(w, w * tsdf, w * r, w * g, w * b, count)``; the weighted mean
+Carving alone does not remove a moving object: averaging ``+1`` readings into a voxel that was
+seen as surface only moves its zero crossing back (to where the surface readings' TSDF equals
+minus the ratio of free to surface readings), and the crossing disappears only once the free
+readings outweigh the surface ones; the part of an object seen last is never seen through at
+all. So every voxel also counts its *violations*: views whose nearest reading around the
+voxel's projection (a window as wide as a voxel at the frame's nearest reading, so that a
+voxel at a silhouette is not seen through by the background next to it) lies ``violation_truncations`` or more truncation distances behind it.
+Occupied voxels (mean TSDF < 0) whose violations win the free-space vote
+(:func:`recon_ros.mapping.transience.free_space_vote`, the vote of the refiner's transient
+rejection) are transient, and the surface within ``radius`` voxels of them is left out of
+extraction (:meth:`TSDFVolume.transient_voxels`): an object moves as a whole.
+
+Every voxel stores the sums ``(w, w * tsdf, w * r, w * g, w * b, count, violations)``; the weighted mean
 TSDF and colour are divided out when a surface is extracted (:attr:`TSDFVolume.tsdf`,
 :attr:`TSDFVolume.color`). Every update is an addition to these sums that reads no voxel
 state, and a frame integrated with weight ``-w`` is removed again (de-integration). The
@@ -57,6 +67,7 @@ import numpy as np
 import torch
 
 from recon_ros.geometry.transforms import sim3_decompose
+from recon_ros.mapping.transience import free_space_vote
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +78,11 @@ _OFF = 1 << (_BITS - 1)
 _LIMIT = _OFF - 1
 _EMPTY_W = 1e-6  # weights below this count as "never observed"
 _COLOR_SUMS = ("red_sum", "green_sum", "blue_sum")  # sums of w * channel, one plane each
-_ARRAYS = ("keys", "coords", "tsdf_sum", "weight", "count", "last_seen", "born") + _COLOR_SUMS
+_ARRAYS = ("keys", "coords", "tsdf_sum", "weight", "count", "free", "last_seen", "born") + _COLOR_SUMS
 _TILE = 8  # occlusion culling: tile size (pixels) ...
 _DIL = 2  # ... and dilation (tiles)
 _NEAR_Z = 1e-6  # voxels nearer to the camera plane are not projected
+_MAX_FOOTPRINT = 15  # pixels: largest window of the nearest-surface test of violations
 
 
 def pack_keys(ijk: torch.Tensor) -> torch.Tensor:
@@ -84,11 +96,51 @@ def unpack_keys(keys: torch.Tensor) -> torch.Tensor:
     return torch.stack([(keys >> (2 * _BITS)) & mask, (keys >> _BITS) & mask, keys & mask], 1) - _OFF
 
 
+def _nearest_surface(depth: torch.Tensor, radius: int) -> torch.Tensor:
+    """(H, W) smallest valid depth around each pixel (0 where none is), over at least
+    ``radius`` pixels on every side: the minimum over tiles of ``radius`` pixels, then over the
+    3x3 tiles around the pixel's tile (at most 2 * radius + radius - 1 pixels away; a
+    sliding-window minimum as wide costs several times more on the CPU)."""
+    H, W = depth.shape
+    d = depth.masked_fill(depth <= 0, math.inf)
+    if radius > 1:
+        d = -torch.nn.functional.max_pool2d(-d[None, None], radius, stride=radius, ceil_mode=True)[0, 0]
+    # 3x3 minimum as two 1-D minima of shifted views (several times faster than a pooling)
+    p = torch.nn.functional.pad(d[None], (1, 1, 1, 1), value=math.inf)[0]
+    rows = torch.minimum(torch.minimum(p[:, :-2], p[:, 1:-1]), p[:, 2:])
+    near = torch.minimum(torch.minimum(rows[:-2], rows[1:-1]), rows[2:])
+    if radius > 1:
+        near = near.repeat_interleave(radius, 0)[:H].repeat_interleave(radius, 1)[:, :W]
+    return near.masked_fill_(torch.isinf(near), 0.0)
+
+
+def _footprint_radius(depth: torch.Tensor, focal: float, voxel_cam: float) -> int:
+    """Pixels that half a voxel diagonal covers at the frame's nearest reading (1 to
+    _MAX_FOOTPRINT): the window in which a voxel's projection may fall."""
+    sample = depth[::4, ::4]
+    sample = sample[sample > 0]
+    if sample.numel() == 0:
+        return 1
+    r = focal * voxel_cam * math.sqrt(3.0) / 2.0 / max(float(sample.min()), 1e-6)
+    return int(min(_MAX_FOOTPRINT, max(1, math.ceil(r))))
+
+
 def _mean(total: torch.Tensor, weight: torch.Tensor, empty: float) -> torch.Tensor:
     """Weighted mean ``total / weight``; ``empty`` where the weight is (near) zero."""
     ok = weight > _EMPTY_W
     return torch.where(ok, total / torch.where(ok, weight, torch.ones_like(weight)),
                        torch.full_like(total, empty))
+
+
+@dataclass
+class TransientRule:
+    """Which voxels leave the surface as transient (see :func:`free_space_vote`): occupied
+    voxels whose violations reach ``min_violations`` and exceed ``vote_ratio`` of their
+    readings, grown by ``radius`` voxels (a cube)."""
+
+    min_violations: float = 1.0
+    vote_ratio: float = 0.1
+    radius: int = 3
 
 
 @dataclass
@@ -102,12 +154,18 @@ class TSDFVolume:
     """Sparse-block TSDF with colour (see the module docstring)."""
 
     def __init__(self, voxel_size: float, device: str | torch.device = "cpu",
-                 min_weight: float = 2.0, initial_blocks: int = 1024) -> None:
+                 min_weight: float = 2.0, initial_blocks: int = 1024,
+                 violation_truncations: float = 1.0,
+                 transients: Optional[TransientRule] = TransientRule()) -> None:
         if not voxel_size > 0:
             raise ValueError(f"voxel size must be > 0, got {voxel_size}")
+        if not violation_truncations >= 1.0:
+            raise ValueError(f"violation_truncations must be >= 1, got {violation_truncations}")
         self.voxel = float(voxel_size)
         self.device = torch.device(device)
         self.min_weight = float(min_weight)
+        self.violation_truncations = float(violation_truncations)
+        self.transients = transients  # None: every surface is emitted
         self._initial = max(16, int(initial_blocks))
         self.clear()
         lz, ly, lx = torch.meshgrid(*(torch.arange(BLOCK, device=self.device),) * 3, indexing="ij")
@@ -123,6 +181,7 @@ class TSDFVolume:
         self.tsdf_sum = torch.empty((cap, VPB), dtype=torch.float32, device=dev)  # sum of w * tsdf
         self.weight = torch.empty((cap, VPB), dtype=torch.float32, device=dev)
         self.count = torch.empty((cap, VPB), dtype=torch.float32, device=dev)
+        self.free = torch.empty((cap, VPB), dtype=torch.float32, device=dev)  # violations
         for name in _COLOR_SUMS:
             setattr(self, name, torch.empty((cap, VPB), dtype=torch.float32, device=dev))
         self.last_seen = torch.empty(cap, dtype=torch.int64, device=dev)
@@ -133,7 +192,7 @@ class TSDFVolume:
     @property
     def nbytes(self) -> int:
         """Memory of the allocated blocks (not of the spare capacity)."""
-        return int(self.n * (VPB * (4 + 4 + 4 + 12) + 8 * 6))
+        return int(self.n * (VPB * (4 + 4 + 4 + 4 + 12) + 8 * 6))
 
     @property
     def tsdf(self) -> torch.Tensor:
@@ -196,6 +255,7 @@ class TSDFVolume:
             self.tsdf_sum[sl] = 0.0
             self.weight[sl] = 0.0
             self.count[sl] = 0.0
+            self.free[sl] = 0.0
             for name in _COLOR_SUMS:
                 getattr(self, name)[sl] = 0.0
             self.last_seen[sl] = self.tick
@@ -217,18 +277,20 @@ class TSDFVolume:
 
     def block_arrays(self, idx: Optional[torch.Tensor] = None) -> dict[str, np.ndarray]:
         """The content of blocks ``idx`` (default: all) as numpy arrays: coords (M, 3), mean
-        tsdf, weight and count (M, 512), mean colour (M, 512, 3) uint8, voxel size, block
-        size. :meth:`insert_blocks` reads it back."""
+        tsdf, weight, count and free-space violations (M, 512), mean colour (M, 512, 3) uint8,
+        voxel size, block size. :meth:`insert_blocks` reads it back."""
         idx = torch.arange(self.n, device=self.device) if idx is None else idx.to(self.device)
         w = self.weight[idx]
         return {"coords": self.coords[idx].cpu().numpy(),
                 "tsdf": _mean(self.tsdf_sum[idx], w, 1.0).cpu().numpy(),
                 "weight": w.cpu().numpy(), "count": self.count[idx].cpu().numpy(),
+                "free": self.free[idx].cpu().numpy(),
                 "color": self._color_of(idx).round().clamp(0, 255).to(torch.uint8).cpu().numpy(),
                 "voxel_size": np.float64(self.voxel), "block": np.int64(BLOCK)}
 
     def insert_blocks(self, arrays: dict[str, np.ndarray]) -> None:
-        """Add blocks :meth:`block_arrays` returned (their voxels replace any there)."""
+        """Add blocks :meth:`block_arrays` returned (their voxels replace any there; blocks
+        saved without ``free`` get no violations)."""
         coords = torch.as_tensor(np.asarray(arrays["coords"], dtype=np.int64), device=self.device)
         if coords.numel() == 0:
             return
@@ -238,6 +300,7 @@ class TSDFVolume:
         w = f32("weight")
         self.weight[idx] = w
         self.count[idx] = f32("count")
+        self.free[idx] = f32("free") if "free" in arrays else 0.0
         self.tsdf_sum[idx] = f32("tsdf") * w
         color = f32("color")
         for c, name in enumerate(_COLOR_SUMS):
@@ -307,7 +370,8 @@ class TSDFVolume:
         # and count are 0 on the border and where there is no reading: those voxels add 0)
         if counts is None:
             counts = (weights > 0).to(torch.float32)
-        planes = [depth, trunc.reciprocal(), weights, counts]
+        radius = _footprint_radius(depth, max(fx, fy), self.voxel / s)
+        planes = [depth, trunc.reciprocal(), weights, counts, _nearest_surface(depth, radius)]
         if colors is not None:
             planes += [colors[..., 0], colors[..., 1], colors[..., 2]]
         rows = self._padded_planes(planes).index_select(1, pix).view(len(planes), -1, VPB)
@@ -321,21 +385,29 @@ class TSDFVolume:
         seen = torch.ge(tsdf_i, -1.0, out=torch.empty_like(tsdf_i))  # 1.0 / 0.0 (a float mask
         w_i.mul_(seen)  # multiplies at about twice the speed of a bool one)
         n_i.mul_(seen)
+        # a view sees through the voxel (a violation, counted apart for the transient vote of
+        # free_space_vote) when the nearest reading of the pixels around its projection (a
+        # window at least as wide as a voxel at the frame's nearest reading, at least 3x3) lies
+        # violation_truncations or more behind it: a voxel at an object's silhouette, whose
+        # own pixel may show the background, is not seen through
+        f_i = rows[4].sub_(z).mul_(rows[1])
+        f_i = torch.ge(f_i, self.violation_truncations, out=torch.empty_like(f_i)).mul_(n_i)
         tsdf_i.clamp_(max=1.0)  # free space: +1
         if sign < 0:
             w_i.neg_()
             n_i.neg_()
+            f_i.neg_()
         # --- every update is an addition to the voxel sums (dense rows of the visible blocks),
         # so a removal (negative weight) is exact and no voxel state is read
-        sums = [(self.weight, w_i), (self.tsdf_sum, tsdf_i.mul_(w_i)), (self.count, n_i)]
+        sums = [(self.weight, w_i), (self.tsdf_sum, tsdf_i.mul_(w_i)), (self.count, n_i), (self.free, f_i)]
         if colors is not None:
-            sums += [(getattr(self, name), rows[4 + c].mul_(w_i)) for c, name in enumerate(_COLOR_SUMS)]
+            sums += [(getattr(self, name), rows[5 + c].mul_(w_i)) for c, name in enumerate(_COLOR_SUMS)]
         for arr, add in sums:
             arr.index_add_(0, blocks, add)
         if sign < 0 or self._min_weight(depth, weights, noise_power) <= _EMPTY_W:
             # a voxel whose weight falls to (near) zero is reset to empty
             empty = self.weight.index_select(0, blocks) <= _EMPTY_W
-            for name in ("weight", "tsdf_sum", "count") + _COLOR_SUMS:
+            for name in ("weight", "tsdf_sum", "count", "free") + _COLOR_SUMS:
                 arr = getattr(self, name)
                 arr.index_copy_(0, blocks, arr.index_select(0, blocks).masked_fill_(empty, 0.0))
         if sign > 0:
@@ -457,15 +529,56 @@ class TSDFVolume:
         self.allocate(torch.floor(pw / bs).to(torch.int64))
 
     # ------------------------------------------------------------------ surface
-    def _neighbours(self) -> torch.Tensor:
-        """(n, 3) block index of the +x, +y, +z neighbour of every block (-1 = none)."""
+    def _neighbours(self, step: int = 1) -> torch.Tensor:
+        """(n, 3) block index of the neighbour ``step`` blocks along x, y, z of every block
+        (-1 = none)."""
         c = self.coords[:self.n]
         out = []
         for axis in range(3):
             off = torch.zeros(3, dtype=torch.int64, device=self.device)
-            off[axis] = 1
+            off[axis] = step
             out.append(self.lookup(pack_keys(c + off)))
         return torch.stack(out, 1)
+
+    def transient_voxels(self) -> torch.Tensor:
+        """(n, 512) bool: voxels left out of the surface as transient (all False without a
+        rule): observed (at least ``min_weight`` readings), occupied (mean TSDF < 0) voxels
+        that the free-space vote calls transient, grown by the rule's radius."""
+        n = self.n
+        rule = self.transients
+        if rule is None or n == 0:
+            return torch.zeros((n, VPB), dtype=torch.bool, device=self.device)
+        count = self.count[:n]
+        seed = (free_space_vote(self.free[:n], count, rule.min_violations, rule.vote_ratio)
+                & (count >= self.min_weight) & (self.tsdf < 0))
+        return self._dilate(seed, int(rule.radius))
+
+    def _dilate(self, mask: torch.Tensor, radius: int) -> torch.Tensor:
+        """(n, 512) bool grown by ``radius`` voxels along each axis in turn (a cube), across
+        block borders."""
+        n = self.n
+        if radius <= 0 or not bool(mask.any()):
+            return mask
+        nbrs = (self._neighbours(1), self._neighbours(-1))
+        a = mask.reshape(n, BLOCK, BLOCK, BLOCK)  # z, y, x
+        for axis in range(3):
+            dim = 3 - axis  # x -> dim 3, y -> dim 2, z -> dim 1
+            plus, minus = nbrs[0][:, axis], nbrs[1][:, axis]
+            has_p = (plus >= 0).view(n, 1, 1)
+            has_m = (minus >= 0).view(n, 1, 1)
+            for _ in range(radius):
+                out = a.clone()
+                out.narrow(dim, 0, BLOCK - 1).logical_or_(a.narrow(dim, 1, BLOCK - 1))
+                out.narrow(dim, 1, BLOCK - 1).logical_or_(a.narrow(dim, 0, BLOCK - 1))
+                out.select(dim, BLOCK - 1).logical_or_(a[plus.clamp(min=0)].select(dim, 0) & has_p)
+                out.select(dim, 0).logical_or_(a[minus.clamp(min=0)].select(dim, BLOCK - 1) & has_m)
+                a = out
+        return a.reshape(n, VPB)
+
+    def _surface_count(self) -> torch.Tensor:
+        """(n, 512) reading count that the minimum-weight rule of surface extraction reads:
+        0 for transient voxels (:meth:`transient_voxels`)."""
+        return self.count[:self.n].masked_fill(self.transient_voxels(), 0.0)
 
     def _shifted(self, arr: torch.Tensor, nbr: torch.Tensor, axis: int, fill: float) -> torch.Tensor:
         """``arr`` (n, 512, ...) of the voxel one step along +axis (from the neighbour block at
@@ -506,7 +619,7 @@ class TSDFVolume:
         nbr = self._neighbours()
         n = self.n
         t0 = self.tsdf
-        w0 = self.count[:n]
+        w0 = self._surface_count()
         good0 = (w0 >= self.min_weight) & (t0.abs() < 1.0)
         grads = self._gradient(nbr, t0)
         color = self.color
@@ -514,7 +627,7 @@ class TSDFVolume:
         pts, nrm, col, wts = [], [], [], []
         for axis in range(3):
             t1 = self._shifted(t0, nbr, axis, 1.0)
-            w1 = self._shifted(self.count, nbr, axis, 0.0)
+            w1 = self._shifted(w0, nbr, axis, 0.0)
             good = good0 & (w1 >= self.min_weight) & (t1.abs() < 1.0) & ((t0 > 0) != (t1 > 0))
             idx = torch.nonzero(good.reshape(-1)).reshape(-1)
             if idx.numel() == 0:
@@ -570,7 +683,7 @@ class TSDFVolume:
             return empty
         # gather the whole observed voxel set as flat arrays keyed by global voxel coords
         n = self.n
-        w = self.count[:n].reshape(-1)
+        w = self._surface_count().reshape(-1)
         obs = torch.nonzero(w >= self.min_weight).reshape(-1)
         if obs.numel() == 0:
             return empty
@@ -671,7 +784,7 @@ class TSDFVolume:
         """Centres (N, 3), TSDF (N,) and weight (N,) of the voxels with at least ``min_weight``."""
         if self.n == 0:
             return np.zeros((0, 3), np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32)
-        w = self.count[:self.n].reshape(-1)
+        w = self._surface_count().reshape(-1)
         idx = torch.nonzero(w >= self.min_weight).reshape(-1)
         return (self.voxel_centres().reshape(-1, 3)[idx].cpu().numpy(),
                 self.tsdf.reshape(-1)[idx].cpu().numpy(), w[idx].cpu().numpy())

@@ -10,7 +10,8 @@ Weight-free mechanisms of the refine design, section 6.3:
 * ``thr`` is adaptive: a percentile of a residual histogram kept as an exponential moving average
   across calls (the SpotLessSplats idea), clamped to a range of relative depth;
 * a point is transient when it has at least ``min_violations`` violations forming more than
-  ``vote_ratio`` of its decisive views; points confirmed by fewer than ``probation_views`` other
+  ``vote_ratio`` of its decisive views (:func:`recon_ros.mapping.transience.free_space_vote`,
+  the vote the fused volume applies to its voxels); points confirmed by fewer than ``probation_views`` other
   keyframes are on probation (tentative) and are dropped as soon as any view contradicts them;
 * a 3x3 rescue keeps an isolated flagged pixel whose neighbours are mostly static.
 """
@@ -26,6 +27,7 @@ import numpy as np
 from recon_ros.errors import DataFormatError
 from recon_ros.geometry.transforms import invert_T
 from recon_ros.mapping.frame import Keyframe
+from recon_ros.mapping.transience import free_space_vote
 from recon_ros.refine.graph import frustum_overlap, mask_on_grid
 from recon_ros.refine.schema import TransientConfig
 
@@ -126,8 +128,8 @@ class TransientFilter:
             n_violate = violate.sum(0) if order else np.zeros(h * w, np.int64)
             n_agree_all = agree.sum(0) if order else np.zeros(h * w, np.int64)
             valid = kf.valid.reshape(-1) & np.isfinite(kf.depth.reshape(-1))
-            transient = (n_violate >= cfg.min_violations) & (
-                n_violate > cfg.vote_ratio * (n_agree_all + n_violate)) & valid
+            transient = free_space_vote(n_violate, n_agree_all + n_violate, cfg.min_violations,
+                                        cfg.vote_ratio) & valid
             tentative = (n_agree < cfg.probation_views) & valid
             contradicted = tentative & (n_violate >= 1) & cfg.drop_unconfirmed_contradicted
             flagged = (transient | contradicted).reshape(h, w)
