@@ -132,3 +132,18 @@ def test_probation_needs_two_confirmations(scene):
     for k, m in zip(static[:2], out.values()):
         assert np.all(m.tentative[k.valid])
         assert np.all(m.n_agree <= 1)
+
+
+def test_free_space_vote_is_one_rule_for_pixels_and_voxels():
+    """The vote both the refiner (numpy, per pixel) and the volume (torch, per voxel) use:
+    at least min_violations views see through, and more than vote_ratio of the decisive ones."""
+    import torch
+
+    from recon_ros.mapping.transience import free_space_vote
+    violations = [0, 1, 1, 3, 2]
+    decisive = [10, 10, 5, 10, 40]
+    want = [False, False, True, True, False]  # 1 of 10 is not more than 10 %; 2 of 40 is 5 %
+    got_np = free_space_vote(np.array(violations), np.array(decisive), 1, 0.1)
+    got_t = free_space_vote(torch.tensor(violations), torch.tensor(decisive), 1, 0.1)
+    assert got_np.tolist() == want and got_t.tolist() == want
+    assert free_space_vote(np.array([1]), np.array([2]), 2, 0.1).tolist() == [False]  # min_violations
