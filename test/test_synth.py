@@ -198,7 +198,7 @@ def test_seeds_are_deterministic_and_distinct():
     assert [s.describe() for s in sa.solids] == [s.describe() for s in sb.solids[:-1]]
 
 
-@pytest.mark.parametrize("model", ["constant", "quadratic"])
+@pytest.mark.parametrize("model", ["constant", "linear", "quadratic"])
 def test_depth_noise_statistics(model):
     sigma = 0.02
     cfg = SynthConfig(width=160, height=120, n_frames=10, depth_noise_m=sigma,
@@ -209,7 +209,7 @@ def test_depth_noise_statistics(model):
     d = frame.depth.astype(np.float64)
     valid = d > 0
     assert abs((~valid).mean() - 0.2) < 0.01, "dropout fraction as configured"
-    expected = sigma * (gt ** 2 if model == "quadratic" else np.ones_like(gt))
+    expected = sigma * {"constant": np.ones_like(gt), "linear": gt, "quadratic": gt ** 2}[model]
     z = (d - gt)[valid] / expected[valid]
     assert abs(z.mean()) < 0.02
     assert abs(z.std() - 1.0) < 0.02

@@ -40,10 +40,11 @@ class SynthConfig:
     shading: bool = param(True, "Lambertian shading from a point light under the ceiling")
     image_noise_std: float = param(0.0, "std of Gaussian image noise (0..255 grey levels)",
                                    min=0.0, max=50.0)
-    depth_noise_m: float = param(0.0, "depth noise std (m); with the quadratic model the std "
-                                 "at 1 m, growing with depth squared", min=0.0, max=1.0)
+    depth_noise_m: float = param(0.0, "depth noise std (m); with the linear and quadratic models "
+                                 "the std at 1 m (0.01 = 1 % of the depth with linear)",
+                                 min=0.0, max=1.0)
     depth_noise_model: str = param("constant", "how depth noise grows with depth",
-                                   choices=("constant", "quadratic"))
+                                   choices=("constant", "linear", "quadratic"))
     depth_dropout: float = param(0.0, "fraction of depth pixels set invalid (0) at random",
                                  min=0.0, max=1.0)
     depth_max_m: float = param(0.0, "depth beyond this is invalid (0 = no limit)", min=0.0)

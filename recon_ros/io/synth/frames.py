@@ -26,6 +26,8 @@ def depth_noise_std(depth: np.ndarray, cfg: SynthConfig) -> np.ndarray:
     """Per-pixel std (m) of the simulated depth noise."""
     if cfg.depth_noise_model == "quadratic":
         return cfg.depth_noise_m * depth.astype(np.float64) ** 2
+    if cfg.depth_noise_model == "linear":
+        return cfg.depth_noise_m * depth.astype(np.float64)
     return np.full(depth.shape, cfg.depth_noise_m)
 
 
