@@ -14,7 +14,8 @@ import pytest
 from recon_ros.io import messages as M
 
 from rclpy_standin import installed
-from rclpy_standin.doubles import FakeCoreConfig, FakeRefiner, camera_pose, grid_points_cam
+from rclpy_standin.doubles import (FakeCoreConfig, FakeRefiner, FakeResidentMemory, camera_pose,
+                                   grid_points_cam)
 
 T = M.rosbags_types()
 NS = "/recon_refiner"
@@ -197,20 +198,70 @@ def test_result_of_a_stage_started_before_a_reset_is_discarded(ros):
     assert node.counts["stale_results"] == 1 and "discarded" in node.last_result["align"]
 
 
-def test_memory_cap_drops_oldest_and_stages_forget_them(ros):
-    # each test keyframe: 4x5 points (240 B) + rgb (60 B) + conf (80 B) + K (72 B) = 452 B, plus the
-    # stages' estimated cache; a 1 MiB cap with 200 kB of cache per keyframe keeps 5 keyframes
-    node, refiner = make(ros, overrides={"input.max_memory_mb": 16.0})
-    node._store.extra_bytes_per_keyframe = 200_000
-    node._store.max_bytes = 2 ** 20
-    send_keyframes(node, 8)
-    assert len(node._store) == 5 and node._store.evicted == 3
-    assert node._store.nbytes() <= 2 ** 20
+MiB = 2 ** 20
+
+
+def make_capped(ros, cap_mib, reserve_mib, base_mib, kf_mib, **fake):
+    """A refiner under a resident-memory cap, its RSS probed by FakeResidentMemory: the process
+    holds ``base_mib`` plus what its keyframe store holds (each test keyframe counted as
+    ``kf_mib`` through the stages' per-keyframe cache estimate)."""
+    holder = {}
+    probe = FakeResidentMemory(base_mib * MiB, lambda: holder["node"]._store.nbytes() if "node" in holder else 0)
+    made = {}
+
+    def build(cfg):
+        made["r"] = FakeRefiner(cfg, **fake)
+        return made["r"]
+
+    from rclpy.parameter import Parameter
+    node = ros.RefinerNode(core_cls=FakeCoreConfig, refiner_factory=build, memory_probe=probe,
+                           parameter_overrides=[Parameter(name="input.max_memory_mb", value=float(cap_mib)),
+                                                Parameter(name="input.stage_reserve_mb", value=float(reserve_mib))])
+    holder["node"] = node
+    node._store.extra_bytes_per_keyframe = kf_mib * MiB
+    return node, made["r"], probe
+
+
+def test_memory_cap_bounds_the_store_by_the_resident_set(ros):
+    # 300 MiB cap - 100 MiB held back for a stage - 120 MiB resident = 80 MiB for keyframes
+    node, refiner, _ = make_capped(ros, cap_mib=300, reserve_mib=100, base_mib=120, kf_mib=10)
+    assert node._store.max_bytes == 80 * MiB
+    send_keyframes(node, 12)
+    assert len(node._store) == 7 and node._store.evicted == 5  # 7 x (10 MiB + 452 B) <= 80 MiB
     assert node.services[f"{NS}/align"].call().success and node.wait(10.0)
     assert refiner.forgets[0] == sorted(node._store.ids())  # forgotten before the stage ran
-    assert refiner.cached == {3, 4, 5, 6, 7}
+    assert refiner.cached == set(range(5, 12))
 
 
-def test_memory_cap_parameter_reaches_the_store(ros):
-    node, _ = make(ros, overrides={"input.max_memory_mb": 64.0})
-    assert node._store.max_bytes == 64 * 2 ** 20 and node._store.extra_bytes_per_keyframe > 0
+def test_memory_cap_learns_a_stages_working_memory(ros):
+    # a stage that needs 150 MiB: afterwards 150 MiB are held back, and the keyframes shrink
+    # so that resident + working memory stay under the cap
+    holder = {}
+    node, refiner, probe = make_capped(ros, cap_mib=301, reserve_mib=50, base_mib=100, kf_mib=10,
+                                       during_stage=lambda: holder["probe"].hold_working(150 * MiB))
+    holder["probe"] = probe
+    send_keyframes(node, 15)
+    assert len(node._store) == 15  # 150 MiB of keyframes fit beside 100 MiB and a 50 MiB reserve
+    assert node.services[f"{NS}/align"].call().success and node.wait(10.0)
+    assert node._memory.reserve >= 150 * MiB
+    assert probe() + node._memory.reserve <= 301 * MiB
+    assert len(node._store) == 5 and sorted(refiner.cached) == sorted(node._store.ids())
+    assert node._memory.peak_rss >= (100 + 150 + 150) * MiB  # the stage's peak was seen
+
+
+def test_stage_skipped_when_the_process_alone_fills_the_cap(ros):
+    node, refiner, probe = make_capped(ros, cap_mib=300, reserve_mib=100, base_mib=150, kf_mib=1)
+    send_keyframes(node, 4)
+    assert len(node._store) == 4
+    probe.base = 290 * MiB  # the process grew after the keyframes were taken
+    assert node.services[f"{NS}/align"].call().success and node.wait(10.0)
+    assert refiner.calls == [] and node.counts["skipped_for_memory"] == 1
+    assert "skipped" in node.last_result["align"]
+    assert not node.publishers[f"{NS}/corrected_path"].messages
+
+
+def test_no_memory_cap_keeps_max_keyframes(ros):
+    node, _ = make(ros, overrides={"input.max_memory_mb": 0.0, "input.max_keyframes": 6})
+    assert node._store.max_bytes is None
+    send_keyframes(node, 9)
+    assert len(node._store) == 6

@@ -75,6 +75,16 @@ class KeyframeStore:
             self._poses.pop(old, None)
             self.evicted += 1
 
+    def set_budget(self, max_bytes: Optional[int]) -> int:
+        """Change the byte bound (None: none); drops the oldest keyframes beyond it. Returns how
+        many were dropped."""
+        self.max_bytes = None if max_bytes is None else int(max_bytes)
+        before = self.evicted
+        self._evict()
+        if self.evicted != before:
+            self.version += 1
+        return self.evicted - before
+
     def clear(self) -> None:
         """Forget every keyframe and pose: a new session (recon_node reset its map)."""
         self._entries.clear()

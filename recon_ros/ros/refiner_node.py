@@ -15,8 +15,11 @@ nothing is published: no correction is ever made up.
 Sessions and memory: an empty ``path`` (recon_node publishes one when it resets its map, also on a
 time jump) starts a new session: the kept keyframes are dropped, a running stage's result is
 discarded, and the stages forget their caches. The store is bounded by ``input.max_keyframes`` and
-``input.max_memory_mb``; dropped keyframes are forgotten by the stages (``Refiner.forget``) on the
-stage thread, which owns the refiner, before and after every stage.
+by ``input.max_memory_mb``, a cap on the process's resident memory (:mod:`recon_ros.ros.memory`):
+the keyframes kept are what fits beside the process and a running stage's working memory, both
+measured around every stage. Dropped keyframes are forgotten by the stages (``Refiner.forget``)
+on the stage thread, which owns the refiner, before and after every stage; a stage that would
+not fit even with the fewest keyframes is skipped, logged and counted.
 """
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ from std_srvs.srv import Trigger
 
 from recon_ros.errors import UserInputError
 from recon_ros.ros import convert, params, qos
+from recon_ros.ros.memory import MIB, MemoryCap, PeakSampler, release_free_memory, rss_bytes
 from recon_ros.ros import tf as rtf
 from recon_ros.ros.keyframe_store import KeyframeStore
 from recon_ros.ros.schema import NodeSchema, RefinerNodeConfig, refiner_node_schema
@@ -76,7 +80,8 @@ class RefinerNode(Node):
     """The background refinement node; see the module docstring."""
 
     def __init__(self, node_name: str = "recon_refiner", *, core_cls: Optional[type] = None,
-                 refiner_factory: Optional[Callable[[Any], Any]] = None, **kwargs: Any) -> None:
+                 refiner_factory: Optional[Callable[[Any], Any]] = None,
+                 memory_probe: Callable[[], int] = rss_bytes, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
         self._msg = convert.rclpy_types()
         log = self.get_logger()
@@ -105,15 +110,24 @@ class RefinerNode(Node):
             log.error(f"refine stages not configured ({self.unavailable}); ~/align and ~/refine "
                       f"will answer with this reason")
         r = self.ros
-        self._store = KeyframeStore(r.input.max_keyframes, int(r.input.max_memory_mb * 2 ** 20),
+        self._memory = MemoryCap(int(r.input.max_memory_mb * MIB), int(r.input.stage_reserve_mb * MIB),
+                                 memory_probe)
+        self._memory.measure()
+        self._store = KeyframeStore(r.input.max_keyframes, self._memory.store_budget(0),
                                     cache_bytes_per_keyframe(self._schema.core))
+        if self._memory.enabled and self._memory.headroom() < 64 * MIB:
+            log.warning(f"input.max_memory_mb {r.input.max_memory_mb:.0f} leaves "
+                        f"{self._memory.headroom() / MIB:.0f} MiB for keyframes beside the node "
+                        f"({self._memory.last_rss / MIB:.0f} MiB resident) and a stage's working "
+                        f"memory ({self._memory.reserve / MIB:.0f} MiB): few keyframes will be kept")
         self._store_lock = threading.Lock()
         self._job_lock = threading.Lock()
         self.busy: Optional[str] = None  # name of the running stage
         self._thread: Optional[threading.Thread] = None
         self._last_run = {"align": time.monotonic(), "refine": time.monotonic()}
         self.last_result: dict[str, str] = {}
-        self.counts: dict[str, int] = {"stale_results": 0, "refined_published": 0}
+        self.counts: dict[str, int] = {"stale_results": 0, "refined_published": 0,
+                                       "skipped_for_memory": 0}
         self.shutdown_requested = threading.Event()  # main() leaves its spin loop when set
         group = MutuallyExclusiveCallbackGroup()
         sgroup = ReentrantCallbackGroup()
@@ -174,7 +188,9 @@ class RefinerNode(Node):
             session = self._store.session
         need = self.ros.schedule.min_keyframes
         if len(keyframes) < need:
-            return False, f"only {len(keyframes)} complete keyframe(s); {stage} needs {need}"
+            capped = (f" (input.max_memory_mb {self._memory.cap / MIB:.0f} keeps no more)"
+                      if self._memory.enabled and self._store.evicted else "")
+            return False, f"only {len(keyframes)} complete keyframe(s){capped}; {stage} needs {need}"
         with self._job_lock:
             if self.busy is not None:
                 return False, f"busy: {self.busy} is running"
@@ -208,20 +224,53 @@ class RefinerNode(Node):
             keep = self._store.ids()
         self._refiner.forget(keep)
 
+    def _fit_memory(self) -> tuple[int, int]:
+        """Measure the resident set with dropped keyframes forgotten and free memory given back,
+        and bound the store to what fits under the cap (stage thread). (resident, dropped)."""
+        self._forget_dropped()
+        release_free_memory()
+        rss = self._memory.measure()
+        with self._store_lock:
+            dropped = self._store.set_budget(self._memory.store_budget(self._store.nbytes()))
+        if dropped:
+            self._forget_dropped()
+            release_free_memory()
+            rss = self._memory.measure()
+        return rss, dropped
+
     def _run(self, stage: str, target: Callable, keyframes: list, session: int) -> None:
         t0 = time.perf_counter()
         try:
-            self._forget_dropped()
-            msg = target(keyframes, session)
+            before, dropped = self._fit_memory()
+            if dropped:
+                with self._store_lock:
+                    kept = set(self._store.ids())
+                keyframes = [kf for kf in keyframes if kf.id in kept]
+                self.get_logger().info(f"memory cap: dropped the {dropped} oldest keyframe(s) "
+                                       f"({before / MIB:.0f} MiB resident, cap "
+                                       f"{self._memory.cap / MIB:.0f} MiB)")
+            if self._memory.enabled and (len(keyframes) < self.ros.schedule.min_keyframes
+                                         or self._memory.headroom() < 0):
+                self.counts["skipped_for_memory"] += 1
+                msg = (f"skipped: {before / MIB:.0f} MiB resident leaves no room for the stage "
+                       f"({self._memory.reserve / MIB:.0f} MiB) under input.max_memory_mb "
+                       f"{self._memory.cap / MIB:.0f}")
+                self.last_result[stage] = msg
+                self.get_logger().warning(f"{stage} {msg}")
+                return
+            with PeakSampler(self._memory.probe) as peak:
+                msg = target(keyframes, session)
+            self._memory.learn(before, peak.peak)
             self.last_result[stage] = msg
-            self.get_logger().info(f"{stage}: {msg} ({(time.perf_counter() - t0):.1f} s)")
+            self.get_logger().info(f"{stage}: {msg} ({(time.perf_counter() - t0):.1f} s; resident "
+                                   f"{before / MIB:.0f} -> peak {peak.peak / MIB:.0f} MiB)")
         except Exception as exc:  # a failed stage is reported, the node keeps running
             self.last_result[stage] = f"failed: {exc}"
             if not self.shutdown_requested.is_set():
                 self.get_logger().error(f"{stage} failed: {type(exc).__name__}: {exc}")
         finally:
             try:
-                self._forget_dropped()
+                self._fit_memory()
             finally:
                 with self._job_lock:
                     self.busy = None

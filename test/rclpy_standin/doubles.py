@@ -17,7 +17,7 @@ import time
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -268,11 +268,14 @@ class FakeRefiner:
     """Test double of refine.stages.Refiner: a fixed correction (a shift) for every keyframe;
     ``refine`` returns each keyframe's depth plus ``depth_offset_m``; ``transients`` drops the
     first pixel column when ``drop_first_column``. ``gate`` (an Event), when given, holds
-    ``align`` until it is set, to observe the busy state."""
+    ``align`` until it is set, to observe the busy state. ``during_stage``, when given, is
+    called inside ``align`` and ``refine`` (e.g. to make a FakeResidentMemory hold working memory)."""
 
     def __init__(self, cfg, shift=(0.0, 0.0, 0.5), depth_offset_m: float = 0.1,
-                 gate: Optional[threading.Event] = None, drop_first_column: bool = False) -> None:
+                 gate: Optional[threading.Event] = None, drop_first_column: bool = False,
+                 during_stage: Optional[Callable[[], None]] = None) -> None:
         self.cfg = cfg
+        self.during_stage = during_stage
         self.drop_first_column = drop_first_column
         self.C = make_T(np.eye(3), shift)
         self.depth_offset_m = depth_offset_m
@@ -288,6 +291,8 @@ class FakeRefiner:
     def align(self, keyframes, masks=None) -> FakeAlignResult:
         self.calls.append("align")
         self.cached |= {kf.id for kf in keyframes}
+        if self.during_stage is not None:
+            self.during_stage()
         if self.gate is not None:
             self.gate.wait(10.0)
         return FakeAlignResult({kf.id: self.C for kf in keyframes}, {"keyframes": len(keyframes)})
@@ -295,6 +300,8 @@ class FakeRefiner:
     def refine(self, keyframes, masks=None) -> dict:
         self.calls.append("refine")
         self.cached |= {kf.id for kf in keyframes}
+        if self.during_stage is not None:
+            self.during_stage()
         out = {}
         for kf in keyframes:
             pts = kf.points_cam * ((kf.points_cam[..., 2:] + self.depth_offset_m) / kf.points_cam[..., 2:])
@@ -313,3 +320,28 @@ class FakeRefiner:
             drop[:, 0] = True
             out[kf.id] = drop
         return out
+
+
+class FakeResidentMemory:
+    """Test double of the resident-set probe (``recon_ros.ros.memory.rss_bytes``): ``base`` bytes
+    plus what ``held()`` returns (e.g. the keyframe store's bytes) plus ``working``.
+    ``hold_working(n)`` makes a stage's working memory visible to one sample of the probe, then
+    gives it back, as a stage that allocates and frees would."""
+
+    def __init__(self, base: int, held: Optional[Callable[[], int]] = None) -> None:
+        self.base = int(base)
+        self.held = held or (lambda: 0)
+        self.working = 0
+        self.reads = 0
+
+    def __call__(self) -> int:
+        self.reads += 1
+        return self.base + int(self.held()) + self.working
+
+    def hold_working(self, n: int, timeout_s: float = 5.0) -> None:
+        self.working = int(n)
+        seen = self.reads
+        deadline = time.monotonic() + timeout_s
+        while self.reads == seen and time.monotonic() < deadline:
+            time.sleep(0.005)
+        self.working = 0

@@ -1,0 +1,127 @@
+"""The refiner's memory cap: what the process holds (resident set), not an estimate of it.
+
+The keyframe store counts its arrays, but the process also holds Python, torch and rclpy, the
+stages' caches and, while a stage runs, its working memory. :class:`MemoryCap` turns a cap on
+the resident memory into the store's byte budget and corrects it from measurements:
+
+* working memory: the largest rise of the resident set measured while a stage ran (at least
+  the initial reserve) is held back for the next stage;
+* the store's budget is recomputed after every stage from the resident set measured with the
+  stage's memory given back: ``store bytes + (cap - reserve - resident)``, so whatever the
+  estimate misses (allocator overhead, caches) is charged to the keyframes.
+
+Pure Python (Linux ``/proc`` and glibc's ``malloc_trim``; elsewhere the resident set reads as
+unknown and the budget stays the configured cap minus the reserve).
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import threading
+from typing import Callable, Optional
+
+MIB = 2 ** 20
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process in bytes (0 where it cannot be read)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _load_trim() -> Optional[Callable[[int], int]]:
+    name = ctypes.util.find_library("c")
+    try:
+        fn = getattr(ctypes.CDLL(name), "malloc_trim") if name else None
+    except (OSError, AttributeError):
+        return None
+    if fn is not None:
+        fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+    return fn
+
+
+_TRIM = _load_trim()
+
+
+def release_free_memory() -> None:
+    """Give the allocator's free pages back to the system (glibc ``malloc_trim``; no-op elsewhere).
+
+    Freed keyframes and stage buffers otherwise stay resident in the heap's free lists."""
+    if _TRIM is not None:
+        _TRIM(0)
+
+
+class PeakSampler:
+    """Samples the resident set on a thread while a ``with`` block runs; ``peak`` is the largest."""
+
+    def __init__(self, probe: Callable[[], int] = rss_bytes, interval_s: float = 0.05) -> None:
+        self.probe, self.interval_s = probe, interval_s
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def _sample(self) -> None:
+        while True:
+            self.peak = max(self.peak, self.probe())
+            if self._stop.wait(self.interval_s):
+                return
+
+    def __enter__(self) -> "PeakSampler":
+        self.peak = self.probe()
+        self._thread = threading.Thread(target=self._sample, name="recon_rss_sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.peak = max(self.peak, self.probe())
+
+
+class MemoryCap:
+    """The keyframe store's byte budget under a cap on the resident memory (see module doc).
+
+    ``cap_bytes`` 0 disables the cap (the budget is None: keyframe count only)."""
+
+    def __init__(self, cap_bytes: int, reserve_bytes: int, probe: Callable[[], int] = rss_bytes) -> None:
+        self.cap = int(cap_bytes)
+        self.reserve = int(reserve_bytes)
+        self.probe = probe
+        self.last_rss = 0
+        self.peak_rss = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.cap > 0
+
+    def measure(self) -> int:
+        """The resident set now (also kept as ``last_rss``, and the peak seen)."""
+        self.last_rss = int(self.probe())
+        self.peak_rss = max(self.peak_rss, self.last_rss)
+        return self.last_rss
+
+    def learn(self, before: int, peak: int) -> None:
+        """A stage raised the resident set from ``before`` to ``peak``: hold that much back."""
+        self.peak_rss = max(self.peak_rss, peak)
+        if before > 0 and peak > before:
+            self.reserve = max(self.reserve, int(peak - before))
+
+    def store_budget(self, store_bytes: int) -> Optional[int]:
+        """Bytes the store may hold: what it holds plus the measured headroom under the cap.
+
+        Without a measurement (``last_rss`` 0) the whole cap minus the reserve."""
+        if not self.enabled:
+            return None
+        if self.last_rss <= 0:
+            return max(0, self.cap - self.reserve)
+        return max(0, int(store_bytes) + self.cap - self.reserve - self.last_rss)
+
+    def headroom(self) -> int:
+        """Bytes left under the cap for a stage at the last measurement (negative: over)."""
+        return self.cap - self.reserve - self.last_rss

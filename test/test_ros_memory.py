@@ -1,0 +1,55 @@
+"""The refiner's resident-memory cap (recon_ros.ros.memory), measured on this process."""
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from recon_ros.ros.memory import MIB, MemoryCap, PeakSampler, release_free_memory, rss_bytes
+
+linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
+
+
+@linux
+def test_rss_follows_touched_memory():
+    before = rss_bytes()
+    a = np.ones(64 * MIB, np.uint8)  # written: resident
+    held = rss_bytes()
+    del a
+    release_free_memory()
+    after = rss_bytes()
+    assert held - before >= 60 * MIB
+    assert held - after >= 60 * MIB
+
+
+@linux
+def test_peak_sampler_sees_memory_freed_inside_the_block():
+    with PeakSampler(interval_s=0.01) as peak:
+        base = rss_bytes()
+        a = np.ones(48 * MIB, np.uint8)
+        time.sleep(0.1)
+        del a
+        release_free_memory()
+    assert peak.peak - base >= 44 * MIB
+    assert rss_bytes() < peak.peak - 40 * MIB
+
+
+def test_budget_is_headroom_under_the_cap():
+    rss = {"now": 300 * MIB}
+    cap = MemoryCap(1000 * MIB, 200 * MIB, probe=lambda: rss["now"])
+    assert cap.store_budget(0) == 800 * MIB  # not measured yet: cap minus reserve
+    cap.measure()
+    assert cap.store_budget(100 * MIB) == (100 + 1000 - 200 - 300) * MIB
+    cap.learn(before=300 * MIB, peak=650 * MIB)  # a stage used 350 MiB
+    assert cap.reserve == 350 * MIB and cap.peak_rss == 650 * MIB
+    cap.learn(before=300 * MIB, peak=400 * MIB)  # a smaller stage does not lower it
+    assert cap.reserve == 350 * MIB
+    rss["now"] = 900 * MIB
+    cap.measure()
+    assert cap.headroom() == -250 * MIB and cap.store_budget(100 * MIB) == 0
+
+
+def test_zero_cap_disables_the_budget():
+    assert MemoryCap(0, 100 * MIB, probe=lambda: 123).store_budget(0) is None
