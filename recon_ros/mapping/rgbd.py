@@ -43,7 +43,7 @@ from recon_ros.mapping.frame import Frame, FrameEstimate
 from recon_ros.mapping.frontend import LOST, Frontend, TrackingStatus
 from recon_ros.mapping.keyframes import mask_to_model
 from recon_ros.mapping.relocalize import DatabaseEntry, KeyframeDatabase
-from recon_ros.mapping.schema import MappingConfig, TrackingConfig
+from recon_ros.mapping.schema import NOISE_POWER, MappingConfig, TrackingConfig
 from recon_ros.mapping.tracking import (PyramidLevel, TrackResult, build_pyramid, downsample_depth,
                                         downsample_image, pose_delta, track)
 
@@ -106,6 +106,13 @@ class RGBDFrontend(Frontend):
         self._joins: list[tuple[int, int, np.ndarray]] = []
         self._map_ids: frozenset[int] = frozenset()  # database keyframes of a loaded map
         self._map_models: OrderedDict[int, tuple[np.ndarray, list[PyramidLevel]]] = OrderedDict()
+
+    @property
+    def _noise_power(self) -> float:
+        """How the depth noise grows with depth (tracking weights), from the map's noise model."""
+        if not self.config.tracking.noise_weighting:
+            return 0.0
+        return NOISE_POWER[self.config.map.depth_noise_model]
 
     @property
     def frozen(self) -> bool:
@@ -196,10 +203,10 @@ class RGBDFrontend(Frontend):
         if self._status.state == LOST or gap is not None:
             return [self._recover(frame, depth, pyr, gap)]
         T_pred = self._predict(frame.stamp_ns)
-        res = track(pyr, self._model, T_pred, tc)
+        res = track(pyr, self._model, T_pred, tc, self._noise_power)
         reason = self._failure_reason(res, T_pred)
         if reason is not None and not np.allclose(T_pred, self._T_last):
-            res2 = track(pyr, self._model, self._T_last, tc)  # retry without the velocity prior
+            res2 = track(pyr, self._model, self._T_last, tc, self._noise_power)  # retry without the velocity prior
             reason2 = self._failure_reason(res2, self._T_last)
             if reason2 is None:
                 res, reason = res2, None
@@ -266,7 +273,7 @@ class RGBDFrontend(Frontend):
         elif failure is None:
             tc = self.config.tracking
             wide = self._widened()
-            res = track(pyr, self._model, self._T_last, wide)
+            res = track(pyr, self._model, self._T_last, wide, self._noise_power)
             self._last = res
             failure = self._failure_reason(res, self._T_last, wide)
             if failure is None and res.inlier_fraction < tc.recover_min_inlier_fraction:
@@ -289,7 +296,7 @@ class RGBDFrontend(Frontend):
                 ) -> tuple[Optional[np.ndarray], Optional[str]]:
         """Dense check of a PnP pose: ICP against the candidate keyframe, tracking's checks."""
         rc = self.config.relocalization
-        res = track(pyr, [self._entry_model(entry)], T_pnp, self._widened())
+        res = track(pyr, [self._entry_model(entry)], T_pnp, self._widened(), self._noise_power)
         strict = dataclasses.replace(self.config.tracking, max_jump_m=rc.max_refinement_m,
                                      max_jump_deg=rc.max_refinement_deg)
         reason = self._failure_reason(res, T_pnp, strict)

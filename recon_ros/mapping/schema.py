@@ -16,6 +16,8 @@ FRONTENDS = ("spann3r", "rgbd")
 METRIC_FRONTENDS = ("rgbd",)
 SCALE_MODES = ("none", "depth", "odometry", "fixed")
 NOISE_MODELS = ("quadratic", "linear", "constant")
+# depth noise std grows with depth to this power
+NOISE_POWER = {"quadratic": 2.0, "linear": 1.0, "constant": 0.0}
 MAPPING_MODES = ("mapping", "localization")
 
 
@@ -62,6 +64,9 @@ class TrackingConfig:
                                         "coarser level)", min=0.001, max=10.0)
     max_normal_angle_deg: float = param(35.0, "largest angle between matched normals",
                                         min=1.0, max=90.0)
+    noise_weighting: bool = param(True, "weight point-to-plane residuals by the inverse depth-noise "
+                                  "variance of both matched points (map.depth_noise_model): far, "
+                                  "noisier readings count less")
     huber_m: float = param(0.01, "Huber threshold and scale of point-to-plane residuals (metres)",
                            min=1e-5, max=1.0)
     photometric_weight: float = param(1.0, "weight of the intensity residual (scaled by "

@@ -35,7 +35,7 @@ import torch
 from recon_ros.geometry.transforms import sim3_decompose
 from recon_ros.io.arrays import write_npz
 from recon_ros.mapping.frame import FrameEstimate
-from recon_ros.mapping.schema import MapConfig
+from recon_ros.mapping.schema import NOISE_POWER, MapConfig
 from recon_ros.mapping.tsdf import BLOCK, VPB, TransientRule, TSDFVolume
 
 log = logging.getLogger(__name__)
@@ -48,9 +48,6 @@ def resolve_device(name: str, model_device: Optional[str] = None) -> torch.devic
             return torch.device(model_device)
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-NOISE_POWER = {"quadratic": 2.0, "linear": 1.0, "constant": 0.0}
 
 
 def noise_std(depth: np.ndarray | torch.Tensor, sigma_1m: float, model: str):

@@ -8,7 +8,9 @@ matched to the vertex found there, gated by distance and normal angle, and contr
 * a point-to-plane residual ``n . (q - v)`` (metres), and optionally
 * an intensity residual ``I_ref(pi(q)) - I_cur(u)`` (intensity in [0, 1]),
 
-both with Huber weights. Gauss-Newton on SE(3) (right perturbation of ``T_world_cam``,
+both with Huber weights; with ``noise_power`` p > 0 (depth noise growing as depth^p) each
+point-to-plane residual is also weighted by the inverse of its variance, ``1 / (z_cur^2p +
+z_ref^2p)``, normalised to a mean of 1 so that the photometric balance stays. Gauss-Newton on SE(3) (right perturbation of ``T_world_cam``,
 twist ``(v, w)`` in the current camera frame) runs coarse to fine. Everything is vectorised
 numpy over the points; per iteration the cost is O(points x model keyframes).
 """
@@ -241,7 +243,7 @@ class _Accum:
 
 def _linearise(P: np.ndarray, Nc: np.ndarray, Ic: np.ndarray, ref: PyramidLevel, T_ref_cur: np.ndarray,
                cfg: TrackingConfig, max_dist: float, cos_thr: float, acc: _Accum,
-               inlier: np.ndarray) -> None:
+               inlier: np.ndarray, noise_power: float = 0.0) -> None:
     """Add one model keyframe's residuals to the normal equations."""
     A = T_ref_cur[:3, :3]
     q = _rows_times(P, A.T) + T_ref_cur[:3, 3]
@@ -270,7 +272,12 @@ def _linearise(P: np.ndarray, Nc: np.ndarray, Ic: np.ndarray, ref: PyramidLevel,
     Ps = P[sel]
     m = _rows_times(Nr, A)  # rows: A^T n, the model normal in current-camera coordinates
     J = np.concatenate([m, np.cross(Ps, m)], axis=1)
-    H, g = _gram(J, _huber(r, cfg.huber_m) / cfg.huber_m ** 2, r)
+    w = _huber(r, cfg.huber_m) / cfg.huber_m ** 2
+    if noise_power > 0:
+        e = 2.0 * noise_power
+        inv_var = 1.0 / (np.maximum(P[sel, 2], 1e-3) ** e + np.maximum(Vr[ok, 2], 1e-3) ** e)
+        w = w * (inv_var / inv_var.mean())
+    H, g = _gram(J, w, r)
     acc.H += H
     acc.g += g
     acc.n_in += len(sel)
@@ -300,8 +307,9 @@ def _linearise(P: np.ndarray, Nc: np.ndarray, Ic: np.ndarray, ref: PyramidLevel,
 
 
 def track(current: Sequence[PyramidLevel], model: Sequence[tuple[np.ndarray, Sequence[PyramidLevel]]],
-          T_init: np.ndarray, cfg: TrackingConfig) -> TrackResult:
-    """Align a frame pyramid to model keyframes ``[(T_world_ref, pyramid), ...]``.
+          T_init: np.ndarray, cfg: TrackingConfig, noise_power: float = 0.0) -> TrackResult:
+    """Align a frame pyramid to model keyframes ``[(T_world_ref, pyramid), ...]``; depth noise
+    grows as depth^``noise_power`` (0: residuals weighted alike).
 
     Returns the refined ``T_world_cam`` and quality figures measured at the finest level.
     """
@@ -326,7 +334,7 @@ def track(current: Sequence[PyramidLevel], model: Sequence[tuple[np.ndarray, Seq
             acc = _Accum()
             inlier = np.zeros(len(P), dtype=bool)
             for (Tr_w, (_, pyr)) in zip(T_ref_world, model):
-                _linearise(P, Nc, Ic, pyr[lvl], Tr_w @ T, cfg, max_dist, cos_thr, acc, inlier)
+                _linearise(P, Nc, Ic, pyr[lvl], Tr_w @ T, cfg, max_dist, cos_thr, acc, inlier, noise_power)
             if lvl == 0:
                 n_in = int(np.count_nonzero(inlier))
                 rms = float(np.sqrt(acc.sq / acc.n_in)) if acc.n_in else float("inf")
