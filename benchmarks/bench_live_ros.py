@@ -14,8 +14,9 @@ Measured: pose latency (arrival of ``~/pose`` minus its stamp, which is the imag
 stamp) overall and in the 15 s after each event; the longest gap between poses; frames that
 were not tracked (``~/tracking_state``); position error of every pose against the ground truth
 after one rigid alignment of the whole run (a failure streak shows as a run of large errors);
-frames processed per second; the resident memory of recon_refiner against its configured
-``input.max_memory_mb``; a clean exit (both nodes exit 0, a complete shutdown save). The 15 s
+frames processed per second; the resident memory of recon_refiner (sampled every second, and
+the peak the node measured around each stage, from its log) against its cap
+``input.max_memory_mb`` (``--refiner-cap-mb``); a clean exit (both nodes exit 0, a complete shutdown save). The 15 s
 after recon_node applied a refiner correction (from its log) are reported like the events.
 
     python3 benchmarks/bench_live_ros.py [--seconds 90] [--rate 15] [--json out.json]
@@ -41,7 +42,6 @@ sys.path.insert(0, str(REPO))
 EVENTS = [(15.0, "save_map"), (30.0, "align"), (45.0, "deactivate"), (48.0, "activate"),
           (60.0, "refine"), (75.0, "align")]
 WINDOW_S = 15.0
-REFINER_CAP_MB = 512.0
 
 
 def make_sequence(path: Path, frames: int, rate: float, width: int, height: int) -> None:
@@ -136,6 +136,8 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=450, help="frames of the looped sequence")
     ap.add_argument("--width", type=int, default=320)
     ap.add_argument("--height", type=int, default=240)
+    ap.add_argument("--refiner-cap-mb", type=float, default=768.0,
+                    help="recon_refiner's input.max_memory_mb (resident memory cap)")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args()
 
@@ -174,7 +176,7 @@ def main() -> int:
     node.create_subscription(String, "/recon_node/tracking_state",
                              lambda m: states.append((time.time_ns(), m.data)), latched)
     save_dir = tmp / "maps"
-    extra = f"    input:\n      max_memory_mb: {REFINER_CAP_MB}\n"
+    extra = f"    input:\n      max_memory_mb: {args.refiner_cap_mb}\n"
     run = Launch(node, None, tmp, save_dir, refiner="true", extra_params=extra)
     results: dict = {"rate_hz": args.rate, "size": f"{args.width}x{args.height}", "events": []}
     rss: list = []
@@ -255,8 +257,11 @@ def main() -> int:
         ev["poses_next_15s"] = int(wl.sum())
     results["tracking_states"] = [s for _, s in states]
     results["losses"] = sum(1 for _, s in states if s == "lost")
+    stage_peaks = [int(m) for m in re.findall(r"resident \d+ -> peak (\d+) MiB", log)]
     results["refiner_rss_mb"] = {"first": round(rss[0], 1) if rss else None,
-                                 "max": round(max(rss), 1) if rss else None, "cap_mb": REFINER_CAP_MB}
+                                 "max_sampled": round(max(rss), 1) if rss else None,
+                                 "stage_peaks_mib": stage_peaks, "cap_mb": args.refiner_cap_mb,
+                                 "memory_cap_log": re.findall(r"memory cap: [^\n]*|skipped: [^\n]*", log)}
     text = json.dumps(results, indent=2, default=str)
     print(text)
     if args.json:
