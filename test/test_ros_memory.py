@@ -1,6 +1,7 @@
 """The refiner's resident-memory cap (recon_ros.ros.memory), measured on this process."""
 from __future__ import annotations
 
+import mmap
 import sys
 import time
 
@@ -12,13 +13,21 @@ from recon_ros.ros.memory import MIB, MemoryCap, PeakSampler, release_free_memor
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
 
 
+def touched(n: int) -> mmap.mmap:
+    """``n`` bytes of fresh anonymous memory, written (resident); the allocator's free lists,
+    which may already be resident, are not involved."""
+    m = mmap.mmap(-1, n)
+    np.frombuffer(m, np.uint8)[:] = 1
+    return m
+
+
 @linux
 def test_rss_follows_touched_memory():
-    before = rss_bytes()
-    a = np.ones(64 * MIB, np.uint8)  # written: resident
-    held = rss_bytes()
-    del a
     release_free_memory()
+    before = rss_bytes()
+    m = touched(64 * MIB)
+    held = rss_bytes()
+    m.close()
     after = rss_bytes()
     assert held - before >= 60 * MIB
     assert held - after >= 60 * MIB
@@ -28,10 +37,9 @@ def test_rss_follows_touched_memory():
 def test_peak_sampler_sees_memory_freed_inside_the_block():
     with PeakSampler(interval_s=0.01) as peak:
         base = rss_bytes()
-        a = np.ones(48 * MIB, np.uint8)
+        m = touched(48 * MIB)
         time.sleep(0.1)
-        del a
-        release_free_memory()
+        m.close()
     assert peak.peak - base >= 44 * MIB
     assert rss_bytes() < peak.peak - 40 * MIB
 
