@@ -191,7 +191,7 @@ class RefinerInputConfig:
     qos: str = param("reliable", "QoS of the keyframe subscriptions", choices=QOS_CHOICES)
     queue_size: int = param(50, "subscription depth (keyframes arrive in bursts)", min=1, max=1000)
     max_keyframes: int = param(500, "keyframes kept (oldest dropped first)", min=2, max=100000)
-    max_memory_mb: float = param(1024.0, "cap on the node's resident memory (RSS, MiB): keyframes are "
+    max_memory_mb: float = param(2048.0, "cap on the node's resident memory (RSS, MiB): keyframes are "
                                  "kept while the process, its kept keyframes and a running stage fit "
                                  "under it (measured); the oldest are dropped and forgotten by the "
                                  "stages beyond it; 0 = no cap (max_keyframes only)", min=0.0, max=1.0e6)
