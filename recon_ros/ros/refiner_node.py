@@ -186,10 +186,11 @@ class RefinerNode(Node):
         with self._store_lock:
             keyframes = self._store.keyframes()
             session = self._store.session
+            evicted = self._store.evicted
         need = self.ros.schedule.min_keyframes
         if len(keyframes) < need:
             capped = (f" (input.max_memory_mb {self._memory.cap / MIB:.0f} keeps no more)"
-                      if self._memory.enabled and self._store.evicted else "")
+                      if self._memory.enabled and evicted else "")
             return False, f"only {len(keyframes)} complete keyframe(s){capped}; {stage} needs {need}"
         with self._job_lock:
             if self.busy is not None:
