@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from recon_ros.config import param
+from recon_ros.mapping.schema import NOISE_MODELS
 
 
 @dataclass
@@ -44,7 +45,7 @@ class SynthConfig:
                                  "the std at 1 m (0.01 = 1 % of the depth with linear)",
                                  min=0.0, max=1.0)
     depth_noise_model: str = param("constant", "how depth noise grows with depth",
-                                   choices=("constant", "linear", "quadratic"))
+                                   choices=NOISE_MODELS)
     depth_dropout: float = param(0.0, "fraction of depth pixels set invalid (0) at random",
                                  min=0.0, max=1.0)
     depth_max_m: float = param(0.0, "depth beyond this is invalid (0 = no limit)", min=0.0)

@@ -11,6 +11,7 @@ from recon_ros.io.synth.scene import Scene, make_scene
 from recon_ros.io.synth.trajectory import blacked_out, frame_stamps_ns, frame_times, trajectory
 from recon_ros.io.topics import CAMERA_OPTICAL_FRAME
 from recon_ros.mapping.frame import Frame
+from recon_ros.mapping.schema import NOISE_POWER
 
 # the child of the static chain base_link -> camera_link -> optical frame that bags carry
 FRAME_ID = CAMERA_OPTICAL_FRAME
@@ -24,11 +25,7 @@ def intrinsics(cfg: SynthConfig) -> np.ndarray:
 
 def depth_noise_std(depth: np.ndarray, cfg: SynthConfig) -> np.ndarray:
     """Per-pixel std (m) of the simulated depth noise."""
-    if cfg.depth_noise_model == "quadratic":
-        return cfg.depth_noise_m * depth.astype(np.float64) ** 2
-    if cfg.depth_noise_model == "linear":
-        return cfg.depth_noise_m * depth.astype(np.float64)
-    return np.full(depth.shape, cfg.depth_noise_m)
+    return cfg.depth_noise_m * depth.astype(np.float64) ** NOISE_POWER[cfg.depth_noise_model]
 
 
 def sensor_depth(depth_gt: np.ndarray, cfg: SynthConfig, rng: np.random.Generator) -> np.ndarray:
