@@ -97,13 +97,18 @@ def extract_features(rgb: np.ndarray, mask: Optional[np.ndarray] = None, max_fea
     return Features(uv, desc, response)
 
 
+SQ_DIST_RESOLUTION = 1e-5  # squared descriptor distances below this are rounding noise
+
+
 def mutual_ratio_matches(d1: np.ndarray, d2: np.ndarray, ratio: float) -> tuple[np.ndarray, np.ndarray]:
     """Indices (i1, i2) of mutual nearest neighbours passing the ratio test in both directions,
     and the ratio (nearest / second-nearest distance) of each kept match."""
     if len(d1) < 2 or len(d2) < 2:
         return np.zeros((0, 2), np.int64), np.zeros(0)
-    sim = d1 @ d2.T
-    dist = np.sqrt(np.maximum(2.0 - 2.0 * sim, 0.0))
+    # squared distances of unit descriptors; a dot product in float32 is exact to about 1e-6,
+    # so squared distances closer than SQ_DIST_RESOLUTION are indistinguishable: two identical
+    # candidates give ratio ~1 (ambiguous) whatever the rounding of the product
+    dist = np.maximum(2.0 - 2.0 * (d1 @ d2.T), 0.0)
     top2_12 = np.argpartition(dist, 1, axis=1)[:, :2]
     d12 = np.take_along_axis(dist, top2_12, axis=1)
     order = np.argsort(d12, axis=1)
@@ -113,9 +118,9 @@ def mutual_ratio_matches(d1: np.ndarray, d2: np.ndarray, ratio: float) -> tuple[
     d21 = np.sort(np.partition(dist, 1, axis=0)[:2], axis=0)
     i1 = np.arange(len(d1))
     mutual = nn21[nn12] == i1
-    eps = 1e-9  # two identical candidates (0 / 0) are ambiguous: ratio 1
-    r12 = (d12[:, 0] + eps) / (d12[:, 1] + eps)
-    r21 = (d21[0, nn12] + eps) / (d21[1, nn12] + eps)
+    eps = SQ_DIST_RESOLUTION
+    r12 = np.sqrt((d12[:, 0] + eps) / (d12[:, 1] + eps))
+    r21 = np.sqrt((d21[0, nn12] + eps) / (d21[1, nn12] + eps))
     keep = mutual & (r12 < ratio) & (r21 < ratio)
     return np.stack([i1[keep], nn12[keep]], axis=1), np.maximum(r12, r21)[keep]
 
