@@ -55,7 +55,7 @@ def test_interrupted_replay_still_writes_valid_outputs(synth_bag, tmp_path):
     from recon_ros.config import set_value
     from recon_ros.io.sources import open_source
     from recon_ros.mapping.reconstructor import ReconConfig, Reconstructor
-    from recon_ros.mapping.replay import run_replay
+    from recon_ros.pipeline.replay import run_replay
 
     def interrupted(source, after):
         for i, frame in enumerate(source):

@@ -170,17 +170,20 @@ def test_recorder_writes_map_to_odom(tmp_path):
     from recon_ros.geometry.transforms import invert_T, make_T, rotvec_to_matrix
     from recon_ros.io.bag_writer import BagWriter
     from recon_ros.io.messages import pose_to_matrix, transform_to_matrix
-    from recon_ros.io.outputs import ReconBagRecorder
+    from recon_ros.io.outputs import BagSink
+    from recon_ros.pipeline.outputs import ResultPublisher
     from recon_ros.ros.schema import OutputFramesConfig
 
     mount = make_T(rotvec_to_matrix([-1.2, 0.0, -1.5]), [0.2, 0.0, 0.5])
     T_odom_cam = make_T(rotvec_to_matrix([0.1, -0.2, 0.05]), [1.0, 2.0, 0.1])
     T_recon_cam = make_T(rotvec_to_matrix([0.0, 0.3, 0.0]), [0.1, 0.0, 0.4])
-    frame = SimpleNamespace(frame_id="cam", extras={"T_base_cam": mount}, T_odom_cam=T_odom_cam, rgb=None)
-    est = SimpleNamespace(stamp_ns=5_000_000_000, frame=frame, T_world_cam=T_recon_cam)  # a minimal estimate
+    stamp = 5_000_000_000
+    frame = SimpleNamespace(frame_id="cam", extras={"T_base_cam": mount}, T_odom_cam=T_odom_cam, stamp_ns=stamp)
+    est = SimpleNamespace(stamp_ns=stamp, T_world_cam=T_recon_cam)  # a minimal estimate
     writer = BagWriter(tmp_path / "bag").open()
-    rec = ReconBagRecorder(writer, frames=OutputFramesConfig(base_frame="base_link", odom_frame="odom"))
-    rec.estimate(est)
+    pub = ResultPublisher(BagSink(writer), OutputFramesConfig(base_frame="base_link", odom_frame="odom"))
+    pub.observe_input(frame)
+    pub.publish_estimate(est, final=True)
     writer.close()
     msgs = _bag_messages(tmp_path / "bag", ("/tf", "/recon/pose"))
     (tf,) = [t for m in msgs["/tf"] for t in m.transforms]

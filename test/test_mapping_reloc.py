@@ -247,7 +247,7 @@ def test_blackout_and_kidnap_on_a_synthetic_loop(tmp_path):
 
     from recon_ros.io.synth import iter_frames
     from recon_ros.io.synth.config import SynthConfig
-    from recon_ros.mapping.replay import run_replay
+    from recon_ros.pipeline.replay import run_replay
 
     cfg = SynthConfig(width=320, height=240, n_frames=120, fps=10.0, loops=1.33, depth_noise_m=0.005,
                       depth_noise_model="quadratic", image_noise_std=2.0, blackout_start_s=9.5,

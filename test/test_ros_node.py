@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from recon_ros.config import group
 from recon_ros.geometry.transforms import R_BODY_OPTICAL, invert_T, make_T, rotvec_to_matrix
 from recon_ros.io import messages as M
+from recon_ros.mapping.reconstructor import OutputConfig
 
 from rclpy_standin import installed
 from rclpy_standin.doubles import FakeCoreConfig, FakeReconstructor, camera_pose
@@ -829,3 +832,66 @@ def test_map_extraction_keeps_to_its_share_of_the_cpu(ros):
     assert node.services[f"{NS}/reset"].call(Trigger.Request()).success  # forced: published at once
     settle(node)
     assert len(clouds) == 3 and clouds[-1].width == 0
+
+
+@dataclass
+class ReplayCoreConfig(FakeCoreConfig):
+    """FakeCoreConfig with the replay's output settings (what run_replay reads)."""
+
+    output: OutputConfig = group(OutputConfig)
+
+
+def test_replay_output_bag_carries_what_the_node_publishes(ros, tmp_path):
+    """One pipeline: the same frames through recon_node (stand-in) and through ``recon-ros
+    replay``'s loop (run_replay, output bag) give the same poses, TF, keyframe path, tracking
+    states and map, in the same frames, with one lost frame in between."""
+    from rosbags.rosbag2 import Reader
+
+    from recon_ros.mapping.frame import Frame
+    from recon_ros.pipeline.replay import run_replay
+
+    n, lost = 6, {stamp(3)}
+    node, recon = start(ros)
+    recon.lost = set(lost)
+    for i in range(n):
+        feed(node, stamp(i))
+        settle(node)
+    node.get_clock().set_ns(stamp(n) + 5_000_000_000)
+    node._worker.call(node._maybe_publish_map, True)  # the final map, as the replay writes it
+    settle(node)
+
+    replayed = FakeReconstructor(ReplayCoreConfig())
+    replayed.lost = set(lost)
+    frames = [Frame(stamp_ns=stamp(i), rgb=np.full((H, W, 3), 100, np.uint8), K=K, frame_id=CAM, index=i)
+              for i in range(n)]
+    run_replay(replayed, iter(frames), tmp_path / "out", progress=False)
+    bag: dict = {}
+    with Reader(tmp_path / "out" / "recon_bag") as reader:
+        for conn, _, raw in reader.messages():
+            bag.setdefault(conn.topic, []).append(T.typestore.deserialize_cdr(raw, conn.msgtype))
+
+    def poses(msgs):
+        return [(M.stamp_to_ns(m.header.stamp), m.header.frame_id, M.pose_to_matrix(m)) for m in msgs]
+
+    node_poses, bag_poses = poses(pub(node, "pose").messages), poses(bag["/recon/pose"])
+    assert [p[:2] for p in bag_poses] == [p[:2] for p in node_poses] and len(node_poses) == n - len(lost)
+    for (_, _, a), (_, _, b) in zip(node_poses, bag_poses):
+        np.testing.assert_allclose(b, a, atol=1e-9)
+    node_tf = [(t.header.frame_id, t.child_frame_id, M.stamp_to_ns(t.header.stamp)) for t in node._tf_pub.sent]
+    bag_tf = [(t.header.frame_id, t.child_frame_id, M.stamp_to_ns(t.header.stamp))
+              for m in bag["/tf"] for t in m.transforms]
+    assert bag_tf == node_tf
+    (static,) = [t for m in bag["/tf_static"] for t in m.transforms]
+    np.testing.assert_allclose(M.transform_to_matrix(static), M.transform_to_matrix(node._tf_static_pub.sent[0]))
+    assert [m.data for m in bag["/recon/tracking_state"]] == [m.data for m in pub(node, "tracking_state").messages] \
+        == ["tracking", "lost", "tracking"]
+    node_path, bag_path = pub(node, "path").messages[-1], bag["/recon/path"][-1]
+    assert [M.stamp_to_ns(p.header.stamp) for p in bag_path.poses] == \
+        [M.stamp_to_ns(p.header.stamp) for p in node_path.poses]
+    for a, b in zip(node_path.poses, bag_path.poses):
+        np.testing.assert_allclose(M.pose_to_matrix(b), M.pose_to_matrix(a), atol=1e-9)
+    node_map = M.pointcloud2_to_xyz(pub(node, "map_cloud").messages[-1])["points"].reshape(-1, 3)
+    bag_map = M.pointcloud2_to_xyz(bag["/recon/map_cloud"][-1])["points"].reshape(-1, 3)
+    assert len(node_map) == len(bag_map) > 0
+    np.testing.assert_allclose(bag_map, node_map, atol=1e-6)
+    assert bag["/recon/map_cloud"][-1].header.frame_id == pub(node, "map_cloud").messages[-1].header.frame_id

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from recon_ros.io.sources import open_source, parse_size
     from recon_ros.io.synth import SynthConfig
     from recon_ros.mapping.reconstructor import ReconConfig, Reconstructor
-    from recon_ros.mapping.replay import run_replay
+    from recon_ros.pipeline.replay import run_replay
 
     if args.frames < 10:
         raise UserInputError(f"--frames must be at least 10, got {args.frames}")

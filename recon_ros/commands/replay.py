@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     from recon_ros.mapping.reconstructor import Reconstructor
-    from recon_ros.mapping.replay import run_replay
+    from recon_ros.pipeline.replay import run_replay
 
     log = logging.getLogger("recon_ros.replay")
     cfg = build_config(args)

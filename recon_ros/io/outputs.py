@@ -1,14 +1,16 @@
 """What a reconstruction leaves behind: map PLY, mesh PLY, occupancy grid, trajectories,
 keyframes, and an output bag.
 
-``save_reconstruction`` writes the files (each atomically); ``ReconBagRecorder`` writes the
-output rosbag2 that ``ros2 bag play`` + RViz (fixed frame ``map``) shows: the fused map
-(``/recon/map_cloud``), at the end the mesh (``/recon/map_mesh``, a Marker TRIANGLE_LIST) and
-the occupancy grid (``/recon/occupancy``), optional per-frame clouds, the camera pose and
-keyframe path, the node's TF (``map -> <camera frame>``, ``map -> base`` or ``map -> odom``) and
-the static ``map -> recon_world``. The frame conventions are the ROS node's: ``map`` is z-up,
-``recon_world`` the first camera's optical frame. The occupancy grid is cut in ``map`` (z-up); map.ply and mesh.ply are in
-``recon_world`` like the trajectories, as the evaluation expects.
+``save_reconstruction`` writes the files (each atomically); :class:`BagSink` records the
+output rosbag2 that ``ros2 bag play`` + RViz (fixed frame ``map``) shows, with the messages
+recon_node would publish (built by :class:`recon_ros.pipeline.outputs.ResultPublisher`): the
+fused map (``/recon/map_cloud``), the mesh (``/recon/map_mesh``, a Marker TRIANGLE_LIST) and the
+occupancy grid (``/recon/occupancy``), optional per-frame clouds, the camera pose, keyframe path
+and tracking state, the node's TF (``map -> <camera frame>``, ``map -> base`` or
+``map -> odom``) and the static ``map -> recon_world``. The frame conventions are the ROS
+node's: ``map`` is z-up, ``recon_world`` the first camera's optical frame. The occupancy grid is
+cut in ``map`` (z-up); map.ply and mesh.ply are in ``recon_world`` like the trajectories, as
+the evaluation expects.
 """
 from __future__ import annotations
 
@@ -18,23 +20,20 @@ from typing import Any, Optional
 
 import numpy as np
 
+from recon_ros.geometry.transforms import rigid_part
 from recon_ros.io.arrays import write_npz
-from recon_ros.io.atomic import write_bytes_atomic, write_text_atomic
-
-from recon_ros.geometry.transforms import rigid_part, transform_points
-from recon_ros.io.atomic import atomic_path
+from recon_ros.io.atomic import atomic_path, write_bytes_atomic, write_text_atomic
 from recon_ros.io.ply import write_ply
 from recon_ros.io.trajectory import write_tum
 
 log = logging.getLogger(__name__)
 
-CAMERA_FRAME = "recon_camera"  # the camera frame of inputs whose frames carry no frame id
-TOPICS = {
+TOPICS = {  # of the output bag
     "map_cloud": "/recon/map_cloud",
     "frame_cloud": "/recon/frame_cloud",
     "pose": "/recon/pose",
     "path": "/recon/path",
-    "image": "/recon/image",
+    "tracking_state": "/recon/tracking_state",
     "map_mesh": "/recon/map_mesh",
     "occupancy": "/recon/occupancy",
 }
@@ -170,100 +169,42 @@ def read_pgm(path: Path) -> np.ndarray:
     return np.frombuffer(body, dtype=np.uint8).reshape(h, w)
 
 
-class ReconBagRecorder:
-    """Writes reconstruction results to a rosbag2 as recon_node publishes them, with the same
-    frames (``frames``: an :class:`recon_ros.ros.schema.OutputFramesConfig`; pose and TF come
-    from :func:`recon_ros.ros.tf.estimate_outputs`, as in the node): with a base frame the map
-    starts at the body's first pose (the camera mounting ``frame.extras['T_base_cam']``) and the
-    body's pose is written, with an odom frame ``map -> odom`` from ``frame.T_odom_cam``."""
+class BagSink:
+    """A :class:`recon_ros.pipeline.outputs.Sink` that writes recon_node's outputs into a
+    rosbag2 (``writer``: an open :class:`~recon_ros.io.bag_writer.BagWriter`) under
+    :data:`TOPICS`, TF as ``tf2_msgs/TFMessage`` on ``/tf`` and ``/tf_static``. Per-frame
+    clouds only with ``frame_clouds``; the node's other per-frame and keyframe topics are not
+    recorded."""
 
-    def __init__(self, writer: Any, frame_clouds: bool = False, images: bool = False,
-                 frames: Any = None) -> None:
-        from recon_ros.ros.schema import OutputFramesConfig
+    RECORDED = {  # topic key -> (bag topic, message type, QoS)
+        "pose": (TOPICS["pose"], "geometry_msgs/msg/PoseStamped", "reliable"),
+        "path": (TOPICS["path"], "nav_msgs/msg/Path", "latched"),
+        "tracking_state": (TOPICS["tracking_state"], "std_msgs/msg/String", "latched"),
+        "map_cloud": (TOPICS["map_cloud"], "sensor_msgs/msg/PointCloud2", "latched"),
+        "map_mesh": (TOPICS["map_mesh"], "visualization_msgs/msg/Marker", "latched"),
+        "occupancy": (TOPICS["occupancy"], "nav_msgs/msg/OccupancyGrid", "latched"),
+        "tf": ("/tf", "tf2_msgs/msg/TFMessage", "reliable"),
+        "tf_static": ("/tf_static", "tf2_msgs/msg/TFMessage", "latched"),
+        "frame_cloud": (TOPICS["frame_cloud"], "sensor_msgs/msg/PointCloud2", "reliable"),
+    }
+
+    def __init__(self, writer: Any, frame_clouds: bool = False) -> None:
         self.writer = writer
         self.types = writer.types
-        self.frame_clouds = frame_clouds
-        self.images = images
-        self.frames = frames if frames is not None else OutputFramesConfig()
-        self.T_map_recon: Optional[np.ndarray] = None  # fixed at the first estimate
-        self.T_base_cam: Optional[np.ndarray] = None
-        w = writer
-        w.add_topic(TOPICS["map_cloud"], "sensor_msgs/msg/PointCloud2", qos="latched")
-        w.add_topic(TOPICS["pose"], "geometry_msgs/msg/PoseStamped")
-        w.add_topic(TOPICS["path"], "nav_msgs/msg/Path", qos="latched")
-        w.add_topic(TOPICS["map_mesh"], "visualization_msgs/msg/Marker", qos="latched")
-        w.add_topic(TOPICS["occupancy"], "nav_msgs/msg/OccupancyGrid", qos="latched")
-        w.add_topic("/tf", "tf2_msgs/msg/TFMessage")
-        w.add_topic("/tf_static", "tf2_msgs/msg/TFMessage", qos="latched")
-        if frame_clouds:
-            w.add_topic(TOPICS["frame_cloud"], "sensor_msgs/msg/PointCloud2")
-        if images:
-            w.add_topic(TOPICS["image"], "sensor_msgs/msg/Image")
-        self._last_stamp: Optional[int] = None
+        self._keys = {k for k in self.RECORDED if k != "frame_cloud" or frame_clouds}
+        for key in sorted(self._keys):
+            topic, msgtype, qos = self.RECORDED[key]
+            writer.add_topic(topic, msgtype, qos=qos)
 
-    def _anchor(self, stamp_ns: int, T_base_cam: Optional[np.ndarray] = None) -> np.ndarray:
-        """``T_map_recon``, fixed (and written as static TF) at the first estimate."""
-        from recon_ros.io.messages import make_tf_message, make_transform_stamped
-        from recon_ros.ros.tf import map_from_recon
-        if self.T_map_recon is None:
-            f = self.frames
-            if f.base_frame and T_base_cam is None:
-                log.warning("output bag: no mounting of the camera in %s (no TF in the input): "
-                            "the map starts at the camera's first pose", f.base_frame)
-            self.T_base_cam = T_base_cam if f.base_frame else None
-            self.T_map_recon = map_from_recon(self.T_base_cam)
-            tf = make_transform_stamped(self.types, self.T_map_recon, f.map_frame, f.recon_frame, stamp_ns)
-            self.writer.write("/tf_static", make_tf_message(self.types, [tf]), stamp_ns)
-        return self.T_map_recon
+    def wants(self, key: str) -> bool:
+        return key in self._keys
 
-    def estimate(self, est: Any) -> None:
-        """Pose, TF and (optionally) the frame's cloud and image of one final estimate."""
-        from recon_ros.io.messages import (make_image, make_pointcloud2, make_pose_stamped,
-                                           make_tf_message, make_transform_stamped)
-        from recon_ros.ros.tf import estimate_outputs
-        stamp = int(est.stamp_ns)
-        frame = est.frame
-        camera_frame = (frame.frame_id if frame is not None and frame.frame_id else CAMERA_FRAME)
-        extras = frame.extras if frame is not None and frame.extras else {}
-        T_map_recon = self._anchor(stamp, extras.get("T_base_cam"))
-        o = estimate_outputs(self.frames, T_map_recon, est.T_world_cam, camera_frame, self.T_base_cam,
-                             frame.T_odom_cam if frame is not None else None)
-        map_frame = self.frames.map_frame
-        self.writer.write(TOPICS["pose"], make_pose_stamped(self.types, o.T_map_base, map_frame, stamp), stamp)
-        if o.tf is not None:
-            tf = make_transform_stamped(self.types, o.tf[2], o.tf[0], o.tf[1], stamp)
-            self.writer.write("/tf", make_tf_message(self.types, [tf]), stamp)
-        if self.frame_clouds:
-            ok = est.valid_mask()
-            xyz = transform_points(T_map_recon, est.points[ok].astype(np.float32))
-            msg = make_pointcloud2(self.types, xyz, stamp, map_frame, colors=est.colors[ok],
-                                   confidence=est.confidence[ok])
-            self.writer.write(TOPICS["frame_cloud"], msg, stamp)
-        if self.images and frame is not None:
-            self.writer.write(TOPICS["image"], make_image(self.types, frame.rgb, "rgb8", stamp, camera_frame), stamp)
-        self._last_stamp = stamp
-
-    def map(self, recon: Any, stamp_ns: Optional[int] = None, products: bool = False) -> None:
-        """The fused map and the keyframe path at ``stamp_ns`` (default: the last estimate);
-        with ``products`` also the mesh and the occupancy grid."""
-        from recon_ros.io.messages import make_path, make_pointcloud2
-        stamp = int(stamp_ns if stamp_ns is not None else (self._last_stamp or 0))
-        T_map_recon = self._anchor(stamp)
-        map_frame = self.frames.map_frame
-        xyz, rgb, conf = recon.fused_cloud()
-        xyz = transform_points(T_map_recon, np.asarray(xyz, dtype=np.float32))
-        self.writer.write(TOPICS["map_cloud"],
-                          make_pointcloud2(self.types, xyz, stamp, map_frame, colors=rgb, confidence=conf), stamp)
-        poses = [(kf.stamp_ns, rigid_part(T_map_recon @ kf.T_world_cam)) for kf in recon.keyframes()]
-        self.writer.write(TOPICS["path"], make_path(self.types, poses, map_frame, stamp), stamp)
-        if products:
-            from recon_ros.io.messages import make_occupancy_grid, mesh_marker_cdr, message_has_field
-            verts, faces, vrgb, _ = recon.mesh()
-            verts = transform_points(T_map_recon, np.asarray(verts, dtype=np.float32))
-            marker = self.types["visualization_msgs/msg/Marker"]
-            self.writer.write_raw(TOPICS["map_mesh"], mesh_marker_cdr(
-                verts, faces, stamp, map_frame, colors=vrgb,
-                texture_fields=message_has_field(marker, "mesh_file")), stamp)
-            grid = map_occupancy(recon, T_map_recon)
-            self.writer.write(TOPICS["occupancy"], make_occupancy_grid(self.types, grid.data, grid.resolution,
-                                                                       grid.origin, stamp, map_frame), stamp)
+    def emit(self, key: str, msg: Any, stamp_ns: int) -> None:
+        from recon_ros.io.messages import make_tf_message
+        topic = self.RECORDED[key][0]
+        if key == "map_mesh":
+            self.writer.write_raw(topic, msg, stamp_ns)
+        elif key in ("tf", "tf_static"):
+            self.writer.write(topic, make_tf_message(self.types, [msg]), stamp_ns)
+        else:
+            self.writer.write(topic, msg, stamp_ns)

@@ -12,9 +12,13 @@ parameter services) runs in the one MultiThreadedExecutor of ``main``: inputs, T
 reset service share a mutually exclusive group (they own the input-side state), the other services
 a reentrant group, so a long save never blocks input, TF or the lifecycle services.
 
-Ownership: the worker thread owns the core, ``_Outputs`` and the published-state; it leaves a
-statistics snapshot (``_stats_snapshot``) that diagnostics read. Parameter changes to a running
-node are applied on the worker thread, between frames.
+Ownership: the worker thread owns the core and the :class:`~recon_ros.pipeline.outputs.ResultPublisher`
+(what has been published; it refuses other threads); it leaves a statistics snapshot
+(``_stats_snapshot``) that diagnostics read. The products thread extracts and publishes frozen
+map jobs. Parameter changes to a running node are applied on the worker thread, between frames.
+
+The messages are those of ``recon-ros replay``'s output bag: one ResultPublisher builds both, with
+this node's publishers (:class:`RosSink`) or a bag writer as its sink.
 
 Shutdown (Ctrl-C, SIGTERM, lifecycle ``shutdown``): the spin loop ends, the shutdown save is
 written to a temporary folder that is renamed only when complete, and the process exits 0.
@@ -28,7 +32,7 @@ import os
 import shutil
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -49,7 +53,7 @@ from std_srvs.srv import SetBool, Trigger
 from visualization_msgs.msg import Marker
 
 from recon_ros.errors import UserInputError
-from recon_ros.geometry.transforms import invert_T, transform_points
+from recon_ros.pipeline.outputs import MapJob, PublishOptions, ResultPublisher, TrackingChange, publish_map_job
 from recon_ros.ros import convert, params, qos
 from recon_ros.ros import tf as rtf
 from recon_ros.ros.schema import NodeSchema, ReconNodeConfig, recon_node_schema
@@ -88,32 +92,44 @@ class PendingFrame:
     T_base_cam: Optional[np.ndarray] = None  # the camera mounting (from TF), when a base frame is set
 
 
+class RosSink:
+    """The :class:`~recon_ros.pipeline.outputs.Sink` of recon_node: its publishers and TF
+    broadcasters (rclpy publishers may be used from any thread). Per-frame images and clouds
+    are only built while enabled (``publish.*``, read at every frame) and subscribed."""
+
+    ON_DEMAND = {"frame_cloud": "frame_cloud", "depth": "depth_image", "confidence": "confidence_image"}
+
+    def __init__(self, types: Any, pubs: dict, publish: Callable[[], Any], tf_pub: Any = None,
+                 tf_static_pub: Any = None) -> None:
+        self.types = types
+        self._pubs = pubs
+        self._publish = publish
+        self._tf = {"tf": tf_pub, "tf_static": tf_static_pub}
+
+    def wants(self, key: str) -> bool:
+        if key in self._tf:
+            return self._tf[key] is not None
+        pub = self._pubs.get(key)
+        if pub is None:
+            return False
+        if key in self.ON_DEMAND:
+            return bool(getattr(self._publish(), self.ON_DEMAND[key])) and pub.get_subscription_count() > 0
+        return True
+
+    def emit(self, key: str, msg: Any, stamp_ns: int) -> None:
+        broadcaster = self._tf.get(key)
+        if broadcaster is not None:
+            broadcaster.sendTransform(msg)
+        else:
+            self._pubs[key].publish(msg)
+
+
 @dataclass
-class _Outputs:
-    """What has been published, to know what to republish (worker thread only)."""
+class _MapCadence:
+    """When the map outputs were last published (worker thread: its ``_maybe_publish_map``)."""
 
-    T_map_recon: Optional[np.ndarray] = None
-    T_base_cam: Optional[np.ndarray] = None
-    camera_frame: str = ""
-    image_size: Optional[tuple] = None
-    path_dirty: bool = False
-    map_dirty: bool = False
-    last_map_pub_ns: int = 0
-    last_products_pub_ns: int = 0
-    products_dirty: bool = False
-    odom_by_stamp: "collections.OrderedDict[int, np.ndarray]" = field(default_factory=collections.OrderedDict)
-
-
-@dataclass
-class _MapJob:
-    """Map outputs to publish from one snapshot of the volume: made on the worker thread,
-    then owned by the products thread (which extracts and publishes them)."""
-
-    snapshot: Any
-    stamp_ns: int
-    T_map_recon: Optional[np.ndarray]
-    cloud: bool
-    products: bool
+    last_cloud_ns: int = 0
+    last_products_ns: int = 0
 
 
 @dataclass
@@ -140,7 +156,7 @@ class ReconNode(LifecycleNode):
         # extracts ~/map_cloud, ~/map_mesh and ~/occupancy from snapshots, beside the worker
         self._map_worker: Optional[GpuWorker] = None
         self._map_job_lock = threading.Lock()
-        self._map_job_waiting: Optional[_MapJob] = None
+        self._map_job_waiting: Optional[MapJob] = None
         self._published_points = 0  # of the latest ~/map_cloud (written by the products thread)
         self._map_rest_until = 0.0  # monotonic time before which no periodic map job starts (products thread writes)
         # Names never shadow rclpy's own Node/LifecycleNode attributes (_timers, _services, ...):
@@ -157,11 +173,13 @@ class ReconNode(LifecycleNode):
         self._tf_queue: Optional[rtf.TfWaitQueue] = None
         self._stamps = StampMonitor()
         self._jumps = JumpDetector(tolerance_ns=0)
-        self._out = _Outputs()
         self._in = _InputState()
+        # the worker's: what has been published (made at configure), the map's publication times
+        # and the image size of the session
+        self._out: Optional[ResultPublisher] = None
+        self._map_cadence = _MapCadence()
+        self._image_size: Optional[tuple] = None
         self._stats_snapshot: dict = {}  # written by the worker, read by diagnostics
-        self._lost_streak = 0  # worker: frames in a row without a pose
-        self._tracking_state = ""  # worker: the last state published on ~/tracking_state
         # set by activate (executor thread), taken by the worker before its next frame: the
         # frontend then treats that frame as following a pause in processing
         self._gap_pending = threading.Event()
@@ -241,7 +259,6 @@ class ReconNode(LifecycleNode):
         self._in = _InputState()
         self._tf_queue = rtf.TfWaitQueue(timeout_ns=int(r.frames.tf_timeout_s * 1e9),
                                          max_size=r.frames.max_waiting_frames)
-        self._out = _Outputs()
         self._create_publishers()
         self._create_services()
         self._tf_buffer = tf2_ros.Buffer()
@@ -251,6 +268,10 @@ class ReconNode(LifecycleNode):
         if r.frames.publish_tf:
             self._tf_pub = tf2_ros.TransformBroadcaster(self)
             self._tf_static_pub = tf2_ros.StaticTransformBroadcaster(self)
+        sink = RosSink(self._msg, self._pubs, lambda: self.ros.publish, self._tf_pub, self._tf_static_pub)
+        self._out = ResultPublisher(sink, r.frames, lambda: PublishOptions.of(self.ros.publish), self._now_ns)
+        self._map_cadence = _MapCadence()
+        self._image_size = None
         self._worker = GpuWorker(self._process, name="recon_gpu", on_error=self._on_worker_error)
         self._worker.start()
         self._map_worker = GpuWorker(self._publish_map_job, name="recon_map_products",
@@ -395,6 +416,7 @@ class ReconNode(LifecycleNode):
             if pub is not None:
                 self.destroy_publisher(pub)
         self._tf_listener = self._tf_buffer = self._tf_pub = self._tf_static_pub = None
+        self._out = None
         self._stats_snapshot = {}
         self._release_model()
         return True
@@ -620,7 +642,7 @@ class ReconNode(LifecycleNode):
             return
         if done:
             self._count("refined_keyframes_applied")
-            self._out.map_dirty = True
+            self._out.map_dirty = self._out.products_dirty = True
             self._maybe_publish_map()
             self._refresh_stats()
         else:
@@ -682,133 +704,43 @@ class ReconNode(LifecycleNode):
         frame = convert.frame_from_messages(item.image, item.info, item.depth,
                                             self.ros.input.image_transport == "compressed", item.index)
         size = (frame.width, frame.height)
-        if self._out.image_size is None:
-            self._out.image_size = size
-        elif size != self._out.image_size:
+        if self._image_size is None:
+            self._image_size = size
+        elif size != self._image_size:
             raise UserInputError(
-                f"image size changed from {self._out.image_size[0]}x{self._out.image_size[1]} to "
+                f"image size changed from {self._image_size[0]}x{self._image_size[1]} to "
                 f"{size[0]}x{size[1]} mid-stream; call ~/reset to start a map at the new size")
         frame.T_odom_cam = item.T_odom_cam
         if item.T_base_cam is not None:
-            self._out.T_base_cam = item.T_base_cam
-        if item.T_odom_cam is not None:
-            self._out.odom_by_stamp[frame.stamp_ns] = item.T_odom_cam
-            while len(self._out.odom_by_stamp) > 64:
-                self._out.odom_by_stamp.popitem(last=False)
-        self._out.camera_frame = frame.frame_id
+            frame.extras["T_base_cam"] = item.T_base_cam
+        self._out.observe_input(frame)
         if self._gap_pending.is_set():
             self._gap_pending.clear()
             self._recon.notify_gap()
         result = self._recon.process(frame)
         self._timings = dict(result.timings_ms)
-        self._publish_result(result)
+        self._log_tracking(self._out.publish_result(self._recon, result, frame.stamp_ns))
+        self._maybe_publish_map()
         self._refresh_stats()
 
     def _refresh_stats(self) -> None:
         """Leave a snapshot of the core's statistics for diagnostics (worker thread only)."""
         if self._recon is not None:
-            self._stats_snapshot = {**self._recon.stats(), "lost_streak": self._lost_streak}
+            self._stats_snapshot = {**self._recon.stats(), "lost_streak": self._out.tracking.lost_streak}
 
-    def _note_tracking(self, result: Any) -> None:
-        """Count and log losses and publish ~/tracking_state (latched) when the state changes."""
-        if getattr(result, "skipped", None):
-            return  # a skipped frame says nothing about tracking
-        state = str(getattr(result, "tracking", "tracking"))
-        reason = str(getattr(result, "tracking_reason", ""))
-        if state == "lost":
-            self._lost_streak += 1
+    def _log_tracking(self, change: Optional[TrackingChange]) -> None:
+        """Count and log losses (the publisher withholds their poses and publishes ~/tracking_state)."""
+        if change is None:
+            return
+        if change.kind == "lost":
             self._count("tracking_lost")
             self.get_logger().warning(
-                f"tracking lost ({self._lost_streak} frame(s) in a row{': ' + reason if reason else ''}): no "
-                f"pose or TF published and nothing fused until the frontend finds the camera again",
+                f"tracking lost ({change.streak} frame(s) in a row{': ' + change.reason if change.reason else ''}): "
+                f"no pose or TF published and nothing fused until the frontend finds the camera again",
                 throttle_duration_sec=THROTTLE_S)
-        elif self._lost_streak:
-            self.get_logger().info(f"tracking recovered after {self._lost_streak} lost frame(s) ({state})")
-            self._lost_streak = 0
-        if state != self._tracking_state:
-            self._tracking_state = state
-            self._pubs["tracking_state"].publish(String(data=state))
-
-    def _publish_result(self, result: Any) -> None:
-        self._note_tracking(result)
-        for est in result.estimates:
-            # the core withholds lost frames; a held pose must never go out with a fresh stamp
-            if getattr(est, "tracking_ok", True):
-                self._publish_estimate(est, final=True)
-        provisional = result.provisional
-        if provisional is not None and self.ros.publish.provisional_pose and getattr(provisional, "tracking_ok", True):
-            self._publish_estimate(provisional, final=False)
-        if result.new_keyframes:
-            self._publish_keyframes(result.new_keyframes)
-            self._out.path_dirty = True
-        if result.keyframes_moved:  # a map segment was joined; the refiner reads poses from the path
-            self._out.path_dirty = True
-        if result.map_changed:
-            self._out.map_dirty = self._out.products_dirty = True
-        if self._out.path_dirty:
-            self._publish_path()
-        self._maybe_publish_map()
-
-    def _anchor(self) -> np.ndarray:
-        """T_map_recon, fixed (and published as static TF) at the first estimate after a reset."""
-        if self._out.T_map_recon is None:
-            base = self._out.T_base_cam if self.ros.frames.base_frame else None
-            self._out.T_map_recon = rtf.map_from_recon(base)
-            f = self.ros.frames
-            if self._tf_static_pub is not None:
-                self._tf_static_pub.sendTransform(convert.transform_stamped(
-                    self._msg, self._out.T_map_recon, self._now_ns(), f.map_frame, f.recon_frame))
-        return self._out.T_map_recon
-
-    def _publish_estimate(self, est: Any, final: bool) -> None:
-        f, p = self.ros.frames, self.ros.publish
-        T_map_recon = self._anchor()
-        publish_pose = final != p.provisional_pose
-        if publish_pose:
-            o = rtf.estimate_outputs(f, T_map_recon, est.T_world_cam, self._out.camera_frame,
-                                     self._out.T_base_cam, self._out.odom_by_stamp.get(est.stamp_ns))
-            self._pubs["pose"].publish(convert.pose_stamped(self._msg, o.T_map_base, est.stamp_ns, f.map_frame))
-            self._pubs["odom"].publish(convert.odometry(self._msg, o.T_map_base, est.stamp_ns, f.map_frame, o.child))
-            if self._tf_pub is not None and o.tf is not None:
-                self._tf_pub.sendTransform(convert.transform_stamped(self._msg, o.tf[2], est.stamp_ns, *o.tf[:2]))
-        if not final:
-            return
-        want_cloud = p.frame_cloud and self._pubs["frame_cloud"].get_subscription_count() > 0
-        if want_cloud:
-            ok = est.valid_mask() & (est.confidence >= p.frame_cloud_min_confidence)
-            xyz = transform_points(T_map_recon, est.points[ok].astype(np.float32))
-            self._pubs["frame_cloud"].publish(convert.cloud(self._msg, xyz, est.colors[ok], est.confidence[ok],
-                                                            est.stamp_ns, f.map_frame))
-        want_depth = p.depth_image and self._pubs["depth"].get_subscription_count() > 0
-        if want_depth:
-            pts_cam = transform_points(invert_T(est.T_world_cam), est.points)
-            depth = np.where(est.valid_mask(), pts_cam[..., 2], np.nan).astype(np.float32)
-            self._pubs["depth"].publish(convert.image(self._msg, depth, "32FC1", est.stamp_ns, self._out.camera_frame))
-        if p.confidence_image and self._pubs["confidence"].get_subscription_count() > 0:
-            self._pubs["confidence"].publish(convert.image(
-                self._msg, np.asarray(est.confidence, dtype=np.float32), "32FC1", est.stamp_ns, self._out.camera_frame))
-
-    def _publish_keyframes(self, keyframes: list) -> None:
-        if "keyframes" not in self._pubs:
-            return
-        for kf in keyframes:
-            self._pubs["keyframe_info"].publish(convert.keyframe_info(self._msg, kf, self._out.camera_frame))
-            self._pubs["keyframes"].publish(convert.keyframe_cloud(self._msg, kf, self._out.camera_frame))
-
-    def _keyframe_poses_in_map(self, frontend: bool = False) -> list:
-        T_map_recon = self._anchor()
-        kfs = self._recon.keyframes(frontend_poses=True) if frontend else self._recon.keyframes()
-        kfs = kfs[-self.ros.publish.path_max_length:]
-        return [(kf.stamp_ns, rtf.pose_in_map(T_map_recon, kf.T_world_cam)) for kf in kfs]
-
-    def _publish_path(self) -> None:
-        self._out.path_dirty = False
-        poses = self._keyframe_poses_in_map()
-        stamp = poses[-1][0] if poses else self._now_ns()
-        self._pubs["path"].publish(convert.path(self._msg, poses, stamp, self.ros.frames.map_frame))
-        if "keyframe_poses" in self._pubs:
-            front = self._keyframe_poses_in_map(frontend=True)
-            self._pubs["keyframe_poses"].publish(convert.path(self._msg, front, stamp, self.ros.frames.map_frame))
+        else:
+            self.get_logger().info(f"tracking recovered after {change.streak} lost frame(s) "
+                                   f"({self._out.tracking.state})")
 
     def _maybe_publish_map(self, force: bool = False) -> None:
         """When due, snapshot the volume (worker thread: it owns the core) and hand it to the
@@ -818,24 +750,23 @@ class ReconNode(LifecycleNode):
         if self._recon is None or self._map_worker is None:
             return
         now = self._now_ns()
-        out, pub = self._out, self.ros.publish
+        out, pub, when = self._out, self.ros.publish, self._map_cadence
 
         def due(rate: float, last: int) -> bool:
             return rate > 0 and (now - last >= 1e9 / rate or now < last)
 
-        cloud = force or (out.map_dirty and due(pub.map_cloud_rate_hz, out.last_map_pub_ns))
+        cloud = force or (out.map_dirty and due(pub.map_cloud_rate_hz, when.last_cloud_ns))
         products = out.T_map_recon is not None and (
-            force or (out.products_dirty and due(pub.products_rate_hz, out.last_products_pub_ns)))
+            force or (out.products_dirty and due(pub.products_rate_hz, when.last_products_ns)))
         if not (cloud or products):
             return
         if not force and time.monotonic() < self._map_rest_until:
             return  # the products thread keeps to its share of the CPU (MAP_DUTY)
         if cloud:
-            out.map_dirty, out.last_map_pub_ns = False, now
+            when.last_cloud_ns = now
         if products:
-            out.products_dirty, out.last_products_pub_ns = False, now
-        T = None if out.T_map_recon is None else out.T_map_recon.copy()
-        job = _MapJob(self._recon.map_snapshot(), now, T, cloud, products)
+            when.last_products_ns = now
+        job = out.map_job(self._recon.map_snapshot(), now, cloud, products)
         with self._map_job_lock:  # a job not yet started is replaced; what it was to publish is kept
             waiting = self._map_job_waiting
             if waiting is not None:
@@ -844,7 +775,7 @@ class ReconNode(LifecycleNode):
             self._map_job_waiting = job
         self._map_worker.submit(job)
 
-    def _publish_map_job(self, job: _MapJob) -> None:
+    def _publish_map_job(self, job: MapJob) -> None:
         """Extract and publish the map outputs of one snapshot (products thread)."""
         with self._map_job_lock:
             if self._map_job_waiting is job:
@@ -857,20 +788,10 @@ class ReconNode(LifecycleNode):
             if end - t0 > MAP_REST_AFTER_S:
                 self._map_rest_until = end + (end - t0) * (1.0 / MAP_DUTY - 1.0)
 
-    def _extract_and_publish(self, job: _MapJob) -> None:
-        frame, snap = self.ros.frames.map_frame, job.snapshot
+    def _extract_and_publish(self, job: MapJob) -> None:
+        points = publish_map_job(job, self._out.sink)  # the sink is immutable: any thread
         if job.cloud:
-            xyz, rgb, conf = snap.fused_cloud()
-            if job.T_map_recon is not None and len(xyz):
-                xyz = transform_points(job.T_map_recon, np.asarray(xyz, dtype=np.float32))
-            self._pubs["map_cloud"].publish(convert.cloud(self._msg, xyz, rgb, conf, job.stamp_ns, frame))
-            self._published_points = int(len(xyz))
-        if job.products and job.T_map_recon is not None:
-            verts, faces, colors, _ = snap.mesh()
-            verts = transform_points(job.T_map_recon, np.asarray(verts, dtype=np.float32))
-            self._pubs["map_mesh"].publish(convert.mesh_marker(self._msg, verts, faces, colors, job.stamp_ns, frame))
-            grid = snap.occupancy(job.T_map_recon)
-            self._pubs["occupancy"].publish(convert.occupancy_grid(self._msg, grid, job.stamp_ns, frame))
+            self._published_points = points
 
     def _on_map_worker_error(self, exc: BaseException) -> None:
         self._count("map_publish_errors")
@@ -878,31 +799,27 @@ class ReconNode(LifecycleNode):
 
     def _do_reset(self, reason: str) -> None:
         self._recon.reset()
-        keep_mount = self._out.T_base_cam
-        self._out = _Outputs(T_base_cam=keep_mount)
-        self._lost_streak = 0
-        self._tracking_state = ""  # the next frame publishes its state again
+        self._out.reset()
+        self._map_cadence = _MapCadence()
+        self._image_size = None
         self._maybe_publish_map(force=True)  # an empty latched cloud clears RViz
-        empty = convert.path(self._msg, [], self._now_ns(), self.ros.frames.map_frame)
-        self._pubs["path"].publish(empty)
-        if "keyframe_poses" in self._pubs:
-            # an empty keyframe path starts a new session in recon_refiner (it drops its keyframes)
-            self._pubs["keyframe_poses"].publish(empty)
+        # an empty ~/keyframe_poses starts a new session in recon_refiner (it drops its keyframes)
+        self._out.publish_path(self._recon)
         self._refresh_stats()
         self.get_logger().info(f"map reset ({reason})")
 
     def _apply_corrections(self, poses_map: dict) -> None:
-        if self._out.T_map_recon is None or self._recon is None:
+        if self._recon is None or self._out.T_map_recon is None:
             return
-        poses = {s: rtf.recon_from_map(self._out.T_map_recon, T) for s, T in poses_map.items()}
+        poses = {s: self._out.recon_pose(T) for s, T in poses_map.items()}
         n = self._recon.apply_corrections(poses)
         self._recon.notify_gap()  # frames arriving meanwhile were dropped; the track may need to widen
         self._count("corrections_applied")
         self._refresh_stats()
         self.get_logger().info(f"re-anchored {n} keyframe(s) from the refiner's corrected path")
         if n:
-            self._out.map_dirty = self._out.path_dirty = True
-            self._publish_path()
+            self._out.map_dirty = True
+            self._out.publish_path(self._recon)
             self._maybe_publish_map(force=True)
 
     def _save(self) -> Optional[tuple]:
