@@ -224,3 +224,26 @@ def test_user_masks_reach_every_refine_stage(loop_frames):
         assert seen.get(stage) is not None, stage
         assert set(seen[stage]) == {kf.id for kf in kfs}
         assert all(m[:, :20].all() and not m[:, 20:].any() for m in seen[stage].values())
+
+
+def test_stage_schedule_periods_retries_and_clock_restarts():
+    """One schedule for replay and recon_refiner: the first period starts at the first tick, a
+    stage that ran (or could not start) waits a whole period, period 0 never runs, and a clock
+    going backwards starts the periods anew."""
+    from types import SimpleNamespace
+
+    from recon_ros.refine.schedule import StageSchedule
+
+    s = 1_000_000_000
+    cfg = SimpleNamespace(align_period_s=2.0, refine_period_s=0.0)
+    sched = StageSchedule(cfg)
+    assert sched.due(10 * s) == []  # the first tick starts the periods
+    assert sched.due(11 * s) == []
+    assert sched.due(12 * s) == ["align"]
+    assert sched.due(13 * s) == ["align"]  # still due until it is started (or tried)
+    sched.ran("align", 13 * s)
+    assert sched.due(14 * s) == [] and sched.due(15 * s) == ["align"]
+    cfg.refine_period_s = 1.0  # dynamic: read at every call
+    assert sched.due(16 * s) == ["align", "refine"]
+    assert sched.due(3 * s) == []  # a bag restarted: new periods from here
+    assert sched.due(4 * s) == ["refine"] and sched.due(5 * s) == ["align", "refine"]

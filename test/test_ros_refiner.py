@@ -156,10 +156,19 @@ def test_not_configured_reports_instead_of_faking(ros):
 
 
 def test_timer_runs_stages_periodically(ros):
-    node, refiner = make(ros, overrides={"schedule.align_period_s": 0.01, "schedule.refine_period_s": 0.0})
+    """The schedule follows the node's ROS clock (sim time when a bag plays): nothing before the
+    first /clock, the first period starts at the first tick, then align every period."""
+    node, refiner = make(ros, overrides={"schedule.align_period_s": 2.0, "schedule.refine_period_s": 0.0})
     send_keyframes(node, 3)
-    import time
-    time.sleep(0.02)
+    clock = node.get_clock()
+    clock.set_ns(0)  # sim time before /clock: nothing is due
+    node.timers[0].fire()
+    clock.set_ns(100_000_000_000)
+    node.timers[0].fire()  # starts the periods
+    clock.set_ns(101_000_000_000)
+    node.timers[0].fire()
+    assert node.wait(10.0) and refiner.calls == []
+    clock.set_ns(102_000_000_000)
     node.timers[0].fire()
     assert node.wait(10.0)
     assert refiner.calls == ["align"]

@@ -28,6 +28,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from recon_ros.mapping.fused_map import KeyframeMap
+from recon_ros.refine.schedule import STAGES, StageSchedule
 from recon_ros.refine.schema import AlignConfig, RefineConfig
 from recon_ros.refine.stages import Refiner
 
@@ -107,25 +108,15 @@ class PeriodicRefinement:
         if metric is not None:
             self.refiner.aligner.cfg = align_config(self.refiner.aligner.cfg, metric)
         self.schedule = schedule
+        self.when = StageSchedule(schedule)
         self.before = KeyframeMap(map_cfg) if map_cfg is not None else None
         self.runs: list[StageRun] = []
-        self._last: dict[str, Optional[int]] = {"align": None, "refine": None}
 
     def add_keyframes(self, keyframes: list) -> None:
         """Record new keyframes in the frontend-only map."""
         if self.before is not None:
             for kf in keyframes:
                 self.before.add_keyframe(kf)
-
-    def _due(self, stage: str, stamp_ns: int) -> bool:
-        period = getattr(self.schedule, f"{stage}_period_s")
-        if period <= 0:
-            return False
-        last = self._last[stage]
-        if last is None:
-            self._last[stage] = stamp_ns  # the first period starts with the stream
-            return False
-        return stamp_ns - last >= period * 1e9
 
     def _fix_scale(self, recon: Any) -> None:
         if self.metric is None:
@@ -137,14 +128,15 @@ class PeriodicRefinement:
         every stage that has a period (a stage with period 0 never runs here)."""
         done = []
         self._fix_scale(recon)
-        for stage in ("align", "refine"):
-            forced = force and getattr(self.schedule, f"{stage}_period_s") > 0
-            if not (self._due(stage, stamp_ns) or forced):
+        due = self.when.due(stamp_ns)
+        for stage in STAGES:
+            forced = force and self.when.period_ns(stage) > 0
+            if not (stage in due or forced):
                 continue
+            self.when.ran(stage, stamp_ns)  # started or not, the next try is a period later
             kfs = recon.keyframes(frontend_poses=True)
             if len(kfs) < self.schedule.min_keyframes:
                 continue
-            self._last[stage] = stamp_ns
             t0 = time.perf_counter()
             run = self._align(recon, kfs) if stage == "align" else self._refine(recon, kfs)
             run.stamp_ns, run.seconds = stamp_ns, time.perf_counter() - t0

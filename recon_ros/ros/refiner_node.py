@@ -44,6 +44,7 @@ from recon_ros.ros.memory import MIB, MemoryCap, PeakSampler, release_free_memor
 from recon_ros.ros import tf as rtf
 from recon_ros.ros.keyframe_store import KeyframeStore
 from recon_ros.ros.schema import NodeSchema, RefinerNodeConfig, refiner_node_schema
+from recon_ros.refine.schedule import StageSchedule
 from recon_ros.ros.spin import configure_process, init_rclpy, signals_request_shutdown, spin_until_shutdown
 
 SCHEDULE_PERIOD_S = 1.0
@@ -124,7 +125,7 @@ class RefinerNode(Node):
         self._job_lock = threading.Lock()
         self.busy: Optional[str] = None  # name of the running stage
         self._thread: Optional[threading.Thread] = None
-        self._last_run = {"align": time.monotonic(), "refine": time.monotonic()}
+        self._schedule = StageSchedule(self.ros.schedule)
         self.last_result: dict[str, str] = {}
         self.counts: dict[str, int] = {"stale_results": 0, "refined_published": 0,
                                        "skipped_for_memory": 0}
@@ -196,7 +197,7 @@ class RefinerNode(Node):
             if self.busy is not None:
                 return False, f"busy: {self.busy} is running"
             self.busy = stage
-        self._last_run[stage] = time.monotonic()
+        self._schedule.ran(stage, self._now_ns())
         target = self._run_align if stage == "align" else self._run_refine
         self._thread = threading.Thread(target=self._run, args=(stage, target, keyframes, session),
                                         name=f"recon_{stage}", daemon=True)
@@ -321,18 +322,18 @@ class RefinerNode(Node):
         response.success, response.message = self.start("refine")
         return response
 
+    def _now_ns(self) -> int:
+        return int(self.get_clock().now().nanoseconds)
+
     def _on_schedule(self) -> None:
-        if self._refiner is None or self.busy is not None:
+        now = self._now_ns()
+        if self._refiner is None or self.busy is not None or now <= 0:  # sim time before /clock
             return
-        s = self.ros.schedule
-        now = time.monotonic()
-        for stage, period in (("align", s.align_period_s), ("refine", s.refine_period_s)):
-            if period > 0 and now - self._last_run[stage] >= period:
-                ok, msg = self.start(stage)
-                if not ok:
-                    self._last_run[stage] = now  # try again one period later
-                    self.get_logger().debug(f"scheduled {stage} not started: {msg}")
-                return
+        for stage in self._schedule.due(now)[:1]:  # one stage runs at a time
+            ok, msg = self.start(stage)
+            self._schedule.ran(stage, now)  # started or not, the next try is a period later
+            if not ok:
+                self.get_logger().debug(f"scheduled {stage} not started: {msg}")
 
 
 def main(args: Optional[list] = None) -> None:
