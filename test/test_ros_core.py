@@ -305,21 +305,43 @@ def test_pose_odometry_transform_messages_survive_cdr():
     assert np.allclose(convert.transform_to_matrix(tf), Tm)
 
 
-def test_frame_from_messages():
+def test_frame_decoder_reads_messages_as_node_and_bag_reader_do():
+    """recon_node and the bag reader decode matched messages with one FrameDecoder: colour in any
+    encoding or compressed, depth, intrinsics (scaled for a CameraInfo of another resolution of
+    the same aspect), undistortion, one image size per session; what gives no frame says why."""
+    from recon_ros.io.frames import FrameDecoder, FrameSkip
+
     rgb = np.random.default_rng(4).integers(0, 255, (6, 8, 3), dtype=np.uint8)
     K = np.array([[7.0, 0, 3.5], [0, 7.0, 2.5], [0, 0, 1]])
     img = _cdr_round_trip(M.make_image(T, rgb[..., ::-1].copy(), "bgr8", 77, "cam"))
     info = _cdr_round_trip(M.make_camera_info(T, K, 8, 6, 77, "cam"))
     depth = _cdr_round_trip(M.make_depth_image(T, np.full((6, 8), 1.25, np.float32), 77, "cam"))
-    f = convert.frame_from_messages(img, info, depth, compressed=False, index=3)
+    dec = FrameDecoder()
+    f = dec.decode(img, M.camera_info_to_model(info), depth, index=3)
     assert np.array_equal(f.rgb, rgb) and np.allclose(f.K, K) and np.allclose(f.depth, 1.25)
     assert (f.stamp_ns, f.frame_id, f.index) == (77, "cam", 3)
-    jpeg = M.make_compressed_image(T, rgb, 77, "cam", fmt="png")
-    assert np.array_equal(convert.frame_from_messages(jpeg, None, None, compressed=True, index=0).rgb, rgb)
-    with pytest.raises(DataFormatError, match="camera_info is for"):
-        convert.frame_from_messages(img, M.make_camera_info(T, K, 16, 12, 77, "cam"), None, False, 0)
-    with pytest.raises(DataFormatError, match="depth encoding"):
-        convert.frame_from_messages(depth, None, None, False, 0)
+    png = M.make_compressed_image(T, rgb, 77, "cam", fmt="png")
+    assert np.array_equal(dec.decode(png).rgb, rgb)
+    # the CameraInfo of the full-resolution stream for a half-resolution image: K scaled
+    half = FrameDecoder().decode(img, M.camera_info_to_model(M.make_camera_info(T, 2 * K, 16, 12, 77, "cam")))
+    np.testing.assert_allclose(half.K[:2, :2], K[:2, :2])
+    with pytest.raises(FrameSkip, match="camera_info is for") as err:
+        dec.decode(img, M.camera_info_to_model(M.make_camera_info(T, K, 16, 6, 77, "cam")))
+    assert err.value.reason == "camera_info_size_mismatch"
+    with pytest.raises(FrameSkip, match="depth encoding"):
+        dec.decode(depth)
+    big = M.make_image(T, np.zeros((12, 16, 3), np.uint8), "rgb8", 78, "cam")
+    with pytest.raises(FrameSkip, match="size changed") as err:
+        dec.decode(big)
+    assert err.value.reason == "image_size_changed"
+    dec.reset()
+    assert dec.decode(big).width == 16
+    # distortion: removed from image and depth, K kept
+    model = M.camera_info_to_model(info)
+    model.D = np.array([0.3, -0.1, 0.0, 0.0, 0.0])
+    raw = FrameDecoder(undistort=False).decode(img, model)
+    und = FrameDecoder().decode(img, model, depth)
+    assert np.array_equal(raw.rgb, rgb) and not np.array_equal(und.rgb, rgb) and np.allclose(und.K, K)
 
 
 def test_matcher_pairs_image_with_nearest_info():

@@ -16,13 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
-import cv2
 import numpy as np
 
 from recon_ros.errors import DataFormatError, UserInputError
-from recon_ros.geometry.camera import scale_K
 from recon_ros.io import messages as M
 from recon_ros.io import topics as T
+from recon_ros.io.frames import FrameDecoder, FrameSkip
 from recon_ros.io.sources import FrameSource
 from recon_ros.io.sync import ApproximateTimeMatcher
 from recon_ros.io.tf_buffer import TfBuffer, TransformLookupError
@@ -191,7 +190,6 @@ class BagFrameSource(FrameSource):
         self._infos: list[tuple[int, M.CameraModel]] = []
         self._info_stamps: list[int] = []
         self._prepass_done = False
-        self._undist_cache: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self.matcher_stats: dict[str, Any] = {}
         logger.info("bag %s: image %s, camera_info %s, depth %s", self.path, self.topics.image,
                     self.topics.camera_info or "none", self.topics.depth or "none")
@@ -265,30 +263,6 @@ class BagFrameSource(FrameSource):
         k = min(cands, key=lambda k: abs(self._info_stamps[k] - stamp_ns))
         return self._infos[k][1]
 
-    def _decode_colour(self, msg: Any) -> np.ndarray:
-        if self.topics.image_type == T.COMPRESSED_IMAGE_TYPE:
-            return M.compressed_to_rgb(msg)
-        return M.image_to_rgb(msg)
-
-    def _decode_depth(self, msg: Any) -> np.ndarray:
-        if hasattr(msg, "format"):
-            arr, enc = M.compressed_to_numpy(msg)
-            return M.depth_to_metres(arr, enc)
-        return M.image_to_depth(msg)
-
-    def _undistort(self, rgb: np.ndarray, depth: Optional[np.ndarray], model: M.CameraModel
-                   ) -> tuple[np.ndarray, Optional[np.ndarray]]:
-        h, w = rgb.shape[:2]
-        key = (w, h, model.K.tobytes(), model.D.tobytes())
-        if key not in self._undist_cache:
-            m1, m2 = cv2.initUndistortRectifyMap(model.K, model.D, None, model.K, (w, h), cv2.CV_32FC1)
-            self._undist_cache[key] = (m1, m2, model.K)
-        m1, m2, _ = self._undist_cache[key]
-        rgb = cv2.remap(rgb, m1, m2, cv2.INTER_LINEAR)
-        if depth is not None:
-            depth = cv2.remap(depth, m1, m2, cv2.INTER_NEAREST)
-        return rgb, depth
-
     # ------------------------------------------------------------------ iteration
     def _frames(self) -> Iterator[Frame]:
         self._prepass()
@@ -298,7 +272,7 @@ class BagFrameSource(FrameSource):
         secondaries = [self.topics.depth] if self.topics.depth else []
         matcher = ApproximateTimeMatcher(self.topics.image, secondaries, self.slop_ns)
         conns = self._conns([self.topics.image, self.topics.depth])
-        state = {"size": None, "n_in": 0}
+        state = {"decoder": FrameDecoder(self.undistort, self.K_override), "n_in": 0}
         try:
             for conn, _, raw in self._messages(conns):
                 msg = self._decode(conn, raw)
@@ -329,41 +303,13 @@ class BagFrameSource(FrameSource):
             return None
         img_msg = m.items[self.topics.image]
         stamp = m.stamp_ns
+        depth = m.items[self.topics.depth] if self.topics.depth else None
         try:
-            rgb = self._decode_colour(img_msg)
-        except DataFormatError as exc:
-            self.skips.skip("undecodable_image", str(exc))
+            frame = state["decoder"].decode(img_msg, self.camera_model_at(stamp), depth)
+        except FrameSkip as exc:
+            self.skips.skip(exc.reason, str(exc))
             return None
-        h, w = rgb.shape[:2]
-        if state["size"] is None:
-            state["size"] = (w, h)
-        elif state["size"] != (w, h):
-            self.skips.skip("image_size_changed", f"{w}x{h} after {state['size'][0]}x{state['size'][1]}")
-            return None
-        depth = None
-        if self.topics.depth:
-            try:
-                depth = self._decode_depth(m.items[self.topics.depth])
-            except DataFormatError as exc:
-                self.skips.skip("undecodable_depth", str(exc))
-                return None
-            if depth.shape != (h, w):
-                dh, dw = depth.shape
-                if abs(dw / dh - w / h) > 0.01:
-                    self.skips.skip("depth_size_mismatch", f"depth {dw}x{dh} for image {w}x{h}")
-                    return None
-                depth = cv2.resize(depth, (w, h), interpolation=cv2.INTER_NEAREST)
-        model = self.camera_model_at(stamp)
-        K = self.K_override
-        if K is None and model is not None:
-            K = model.K
-            if model.width and model.height and (model.width, model.height) != (w, h):
-                K = scale_K(K, w / model.width, h / model.height)
-            elif self.undistort and model.has_distortion:
-                rgb, depth = self._undistort(rgb, depth, model)
-        frame_id = str(img_msg.header.frame_id)
-        frame = Frame(stamp_ns=stamp, rgb=rgb, K=None if K is None else K.copy(), depth=depth,
-                      frame_id=frame_id)
+        frame_id = frame.frame_id
         frame.extras["topic"] = self.topics.image
         if self.odom_frame:
             cam = self.camera_frame or frame_id

@@ -24,6 +24,7 @@ import numpy as np
 
 from recon_ros.geometry.transforms import invert_T, transform_points
 from recon_ros.io import messages as M
+from recon_ros.ros import convert
 from recon_ros.ros import tf as rtf
 
 log = logging.getLogger(__name__)
@@ -151,39 +152,17 @@ def publish_map_job(job: MapJob, sink: Sink) -> int:
         xyz = np.asarray(xyz, dtype=np.float32)
         if T is not None and len(xyz):
             xyz = transform_points(T, xyz)
-        sink.emit("map_cloud", cloud_msg(t, xyz, rgb, conf, job.stamp_ns, frame), job.stamp_ns)
+        sink.emit("map_cloud", convert.cloud(t, xyz, rgb, conf, job.stamp_ns, frame), job.stamp_ns)
         points = int(len(xyz))
     if job.products and T is not None:
         if sink.wants("map_mesh"):
             verts, faces, colors, _ = job.source.mesh()
             verts = transform_points(T, np.asarray(verts, dtype=np.float32))
-            texture_fields = M.message_has_field(t["visualization_msgs/msg/Marker"], "mesh_file")
-            sink.emit("map_mesh", M.mesh_marker_cdr(verts, faces, job.stamp_ns, frame, colors=colors,
-                                                    texture_fields=texture_fields), job.stamp_ns)
+            sink.emit("map_mesh", convert.mesh_marker(t, verts, faces, colors, job.stamp_ns, frame), job.stamp_ns)
         if sink.wants("occupancy"):
             grid = job.source.occupancy(T)
-            sink.emit("occupancy", M.make_occupancy_grid(t, grid.data, grid.resolution, grid.origin,
-                                                         job.stamp_ns, frame), job.stamp_ns)
+            sink.emit("occupancy", convert.occupancy_grid(t, grid, job.stamp_ns, frame), job.stamp_ns)
     return points
-
-
-def cloud_msg(t: Any, xyz: np.ndarray, rgb: np.ndarray, conf: np.ndarray, stamp_ns: int, frame_id: str) -> Any:
-    """PointCloud2 (x y z rgb confidence); organised when the arrays are H x W (x 3)."""
-    return M.make_pointcloud2(t, np.asarray(xyz, dtype=np.float32), stamp_ns, frame_id,
-                              colors=np.asarray(rgb, dtype=np.uint8), confidence=np.asarray(conf, np.float32))
-
-
-def keyframe_cloud_msg(t: Any, kf: Any, frame_id: str) -> Any:
-    """Organised PointCloud2 of a keyframe in its own camera frame (invalid pixels are NaN)."""
-    xyz = np.asarray(kf.points_cam, dtype=np.float32).copy()
-    xyz[~np.asarray(kf.valid, dtype=bool)] = np.nan
-    return cloud_msg(t, xyz, kf.colors, kf.confidence, kf.stamp_ns, frame_id)
-
-
-def keyframe_info_msg(t: Any, kf: Any, frame_id: str) -> Any:
-    """CameraInfo of a keyframe's pointmap grid (its K, no distortion), stamped like the keyframe."""
-    h, w = kf.points_cam.shape[:2]
-    return M.make_camera_info(t, kf.K, w, h, kf.stamp_ns, frame_id)
 
 
 class ResultPublisher:
@@ -263,8 +242,8 @@ class ResultPublisher:
             self.publish_estimate(prov, final=False, opts=opts)
         for kf in result.new_keyframes:
             if self.sink.wants("keyframes"):
-                self.sink.emit("keyframe_info", keyframe_info_msg(self.types, kf, self.camera_frame), kf.stamp_ns)
-                self.sink.emit("keyframes", keyframe_cloud_msg(self.types, kf, self.camera_frame), kf.stamp_ns)
+                self.sink.emit("keyframe_info", convert.keyframe_info(self.types, kf, self.camera_frame), kf.stamp_ns)
+                self.sink.emit("keyframes", convert.keyframe_cloud(self.types, kf, self.camera_frame), kf.stamp_ns)
         if result.new_keyframes or result.keyframes_moved:  # the refiner reads poses from the path
             self.publish_path(recon)
         if result.map_changed:
@@ -321,7 +300,7 @@ class ResultPublisher:
         if sink.wants("frame_cloud"):
             ok = est.valid_mask() & (est.confidence >= opts.frame_cloud_min_confidence)
             xyz = transform_points(T_map_recon, est.points[ok].astype(np.float32))
-            sink.emit("frame_cloud", cloud_msg(t, xyz, est.colors[ok], est.confidence[ok], stamp, f.map_frame),
+            sink.emit("frame_cloud", convert.cloud(t, xyz, est.colors[ok], est.confidence[ok], stamp, f.map_frame),
                       stamp)
         if sink.wants("depth"):
             pts_cam = transform_points(invert_T(est.T_world_cam), est.points)

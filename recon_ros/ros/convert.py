@@ -2,13 +2,14 @@
 
 The conversions themselves are the pure functions of :mod:`recon_ros.io.messages` and the
 matching is :class:`recon_ros.io.sync.ApproximateTimeMatcher`; this module adapts them to what
-the nodes need (a validated Frame from matched messages, keyframe clouds and infos). Builders take
+the nodes need (keyframe clouds and infos, paths, matchers); frames are decoded by
+:class:`recon_ros.io.frames.FrameDecoder`, as in the bag reader. Builders take
 a :class:`~recon_ros.io.messages.MessageTypes`: ``rclpy_types()`` in the nodes, ``rosbags_types()``
 in the tests.
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -16,7 +17,7 @@ from recon_ros.errors import DataFormatError
 from recon_ros.io import messages as M
 from recon_ros.io.messages import MessageTypes, rclpy_types, rosbags_types  # noqa: F401 (re-export)
 from recon_ros.io.sync import ApproximateTimeMatcher
-from recon_ros.mapping.frame import Frame, Keyframe
+from recon_ros.mapping.frame import Keyframe
 
 stamp_to_ns = M.stamp_to_ns
 transform_to_matrix = M.transform_to_matrix
@@ -25,30 +26,6 @@ transform_to_matrix = M.transform_to_matrix
 # -- inputs ------------------------------------------------------------------------------------
 def K_from_camera_info(msg: Any) -> np.ndarray:
     return M.camera_info_to_model(msg).K
-
-
-DEPTH_LIKE_ENCODINGS = ("16UC1", "32FC1", "64FC1")
-
-
-def frame_from_messages(image: Any, info: Optional[Any], depth: Optional[Any], compressed: bool,
-                        index: int) -> Frame:
-    """A validated Frame from matched messages; DataFormatError/UserInputError when malformed."""
-    if not compressed and str(image.encoding) in DEPTH_LIKE_ENCODINGS:
-        raise DataFormatError(f"the colour image has encoding {image.encoding}, which is a depth "
-                              f"encoding: remap 'image' to the colour topic and 'depth' to the depth topic")
-    rgb = M.compressed_to_rgb(image) if compressed else M.image_to_rgb(image)
-    h, w = rgb.shape[:2]
-    K = None
-    if info is not None:
-        cam = M.camera_info_to_model(info)
-        if (cam.width, cam.height) not in ((0, 0), (w, h)):
-            raise DataFormatError(f"camera_info is for {cam.width}x{cam.height} but the image is "
-                                  f"{w}x{h}; remap the camera_info of this image stream")
-        K = cam.K
-    d = M.image_to_depth(depth) if depth is not None else None
-    frame = Frame(stamp_ns=M.stamp_to_ns(image.header.stamp), rgb=rgb, K=K, depth=d,
-                  frame_id=str(image.header.frame_id), index=index)
-    return frame.validate()
 
 
 def make_matcher(secondaries: Sequence[str], slop_s: float, queue_size: int) -> ApproximateTimeMatcher:

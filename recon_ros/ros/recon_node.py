@@ -29,7 +29,6 @@ import collections
 import datetime
 import gc
 import os
-import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -53,6 +52,9 @@ from std_srvs.srv import SetBool, Trigger
 from visualization_msgs.msg import Marker
 
 from recon_ros.errors import UserInputError
+from recon_ros.io import messages as M
+from recon_ros.io.atomic import atomic_path
+from recon_ros.io.frames import FrameDecoder
 from recon_ros.pipeline.outputs import MapJob, PublishOptions, ResultPublisher, TrackingChange, publish_map_job
 from recon_ros.ros import convert, params, qos
 from recon_ros.ros import tf as rtf
@@ -174,11 +176,11 @@ class ReconNode(LifecycleNode):
         self._stamps = StampMonitor()
         self._jumps = JumpDetector(tolerance_ns=0)
         self._in = _InputState()
-        # the worker's: what has been published (made at configure), the map's publication times
-        # and the image size of the session
+        # the worker's (made at configure): the frame decoder (the session's image size), what
+        # has been published, the map's publication times
+        self._decoder = FrameDecoder()
         self._out: Optional[ResultPublisher] = None
         self._map_cadence = _MapCadence()
-        self._image_size: Optional[tuple] = None
         self._stats_snapshot: dict = {}  # written by the worker, read by diagnostics
         # set by activate (executor thread), taken by the worker before its next frame: the
         # frontend then treats that frame as following a pause in processing
@@ -271,7 +273,7 @@ class ReconNode(LifecycleNode):
         sink = RosSink(self._msg, self._pubs, lambda: self.ros.publish, self._tf_pub, self._tf_static_pub)
         self._out = ResultPublisher(sink, r.frames, lambda: PublishOptions.of(self.ros.publish), self._now_ns)
         self._map_cadence = _MapCadence()
-        self._image_size = None
+        self._decoder = FrameDecoder(undistort=r.input.undistort)
         self._worker = GpuWorker(self._process, name="recon_gpu", on_error=self._on_worker_error)
         self._worker.start()
         self._map_worker = GpuWorker(self._publish_map_job, name="recon_map_products",
@@ -701,15 +703,8 @@ class ReconNode(LifecycleNode):
                                     throttle_duration_sec=THROTTLE_S)
 
     def _process(self, item: PendingFrame) -> None:
-        frame = convert.frame_from_messages(item.image, item.info, item.depth,
-                                            self.ros.input.image_transport == "compressed", item.index)
-        size = (frame.width, frame.height)
-        if self._image_size is None:
-            self._image_size = size
-        elif size != self._image_size:
-            raise UserInputError(
-                f"image size changed from {self._image_size[0]}x{self._image_size[1]} to "
-                f"{size[0]}x{size[1]} mid-stream; call ~/reset to start a map at the new size")
+        model = M.camera_info_to_model(item.info) if item.info is not None else None
+        frame = self._decoder.decode(item.image, model, item.depth, item.index)
         frame.T_odom_cam = item.T_odom_cam
         if item.T_base_cam is not None:
             frame.extras["T_base_cam"] = item.T_base_cam
@@ -801,7 +796,7 @@ class ReconNode(LifecycleNode):
         self._recon.reset()
         self._out.reset()
         self._map_cadence = _MapCadence()
-        self._image_size = None
+        self._decoder.reset()
         self._maybe_publish_map(force=True)  # an empty latched cloud clears RViz
         # an empty ~/keyframe_poses starts a new session in recon_refiner (it drops its keyframes)
         self._out.publish_path(self._recon)
@@ -841,13 +836,8 @@ class ReconNode(LifecycleNode):
         root.mkdir(parents=True, exist_ok=True)
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
         directory = root / f"map_{stamp}"
-        partial = root / f".map_{stamp}.partial"
-        try:
+        with atomic_path(directory) as partial:
             files = snap.write(partial)
-            os.replace(partial, directory)
-        except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise
         return directory, sorted(Path(p).name for p in files.values()), int(snap.surface.last_point_count)
 
     def _save_snapshot(self) -> Any:

@@ -39,6 +39,9 @@ class InputConfig:
                                   "its intrinsics (false: the model estimates the focal length)")
     use_depth: bool = param(False, "also match an aligned depth image on 'depth' (16UC1 mm or 32FC1 m), "
                             "used for metric scale")
+    undistort: bool = param(True, "remove the lens distortion camera_info describes (plumb_bob, "
+                            "rational_polynomial) from image and depth, as recon-ros replay does; "
+                            "the intrinsics then describe the undistorted image")
     qos: str = param("sensor_data", "QoS of the input subscriptions: 'sensor_data' (best effort, "
                      "matches camera drivers and bag replay), 'reliable', 'best_effort', "
                      "'system_default'", choices=QOS_CHOICES)
