@@ -117,6 +117,41 @@ def test_notify_gap_drops_the_motion_prior(loop):
     assert _error(loop, 6, e.T_world_cam) < 0.02
 
 
+@pytest.mark.slow
+def test_a_pause_in_processing_does_not_stop_the_camera():
+    """Half a second of frames not processed (a save, a correction, a deactivate) while the
+    camera turns towards an unseen part of the room: the first frame after the pause is tracked
+    from the motion before it. Aligning it from the last good pose instead (the camera may have
+    stopped) settles on a pose a metre off that overlaps the recent keyframes better than the
+    true one does; the map then continues from there."""
+    import dataclasses
+
+    from recon_ros.io.synth.config import SynthConfig
+    from recon_ros.io.synth.frames import iter_frames
+
+    cfg = SynthConfig(seed=1, n_frames=360, fps=30.0, depth_noise_m=0.01, width=240, height=180)
+    mc = MappingConfig()
+    mc.frontend.name = "rgbd"
+    fe = RGBDFrontend(mc)
+    gap = range(90, 105)
+    errors = []
+    for i, f in enumerate(iter_frames(cfg)):
+        if i == 0:
+            T0_inv = invert_T(f.extras["T_world_cam_gt"])
+        if i in gap:
+            continue
+        if i == gap.stop:
+            fe.notify_gap()
+        (e,) = fe.step(dataclasses.replace(f, index=i))
+        assert e.tracking_ok, (i, fe.status.reason)
+        if i >= gap.stop:
+            errors.append(float(np.linalg.norm(e.T_world_cam[:3, 3] - (T0_inv @ f.extras["T_world_cam_gt"])[:3, 3])))
+        if i == gap.stop + 10:
+            break
+    assert fe.stats()["gap_recoveries"] == 1
+    assert max(errors) < 0.02, errors
+
+
 def test_lost_frames_are_withheld_from_map_trajectory_and_results(loop):
     """Covered lens (black image, no depth) for 5 frames, then the same view again: lost
     frames give no estimate, keyframe, map change or trajectory pose."""

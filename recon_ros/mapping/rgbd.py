@@ -10,9 +10,12 @@ Tracking states (:class:`~recon_ros.mapping.frontend.TrackingStatus`):
 * ``tracking``: the frame was aligned (checks: matched fraction, residual, jump from the
   prediction). Every tracking keyframe also enters the relocalization database
   (:class:`~recon_ros.mapping.relocalize.KeyframeDatabase`).
-* After a *gap* (a stamp gap above ``tracking.gap_s`` or :meth:`RGBDFrontend.notify_gap`)
-  the next frame is predicted from the last good pose without the velocity prior, with a
-  widened search (``tracking.gap_search_scale``); if that fails it is relocalized.
+* After a *gap* (a stamp gap above ``tracking.gap_s`` or :meth:`RGBDFrontend.notify_gap`):
+  when the gap is at most ``tracking.gap_s`` the next frame is first tracked as usual from the
+  constant-velocity prediction across the gap (a pause in processing does not stop the
+  camera: a moving one is where its motion led, a still one where it was); if that fails, or
+  after a longer gap, it is relocalized, then aligned from the last good pose with a widened
+  search (``tracking.gap_search_scale``).
 * ``lost``: alignment failed (or the depth is unusable) and relocalization found nothing. The
   last good pose is held in the estimate, which is flagged ``tracking_ok = False``: it is not
   fused, keyframed or published. Every lost frame first tries the widened alignment from the
@@ -200,6 +203,11 @@ class RGBDFrontend(Frontend):
 
         if valid_frac < tc.min_valid_fraction:
             return [self._fail(frame, depth, f"only {100 * valid_frac:.1f}% valid depth")]
+        if gap is not None and self._status.state != LOST:
+            est = self._across_gap(frame, depth, pyr, gap)
+            if est is not None:
+                return [est]
+            self._velocity = np.zeros(6)  # recovery starts from the last good pose
         if self._status.state == LOST or gap is not None:
             return [self._recover(frame, depth, pyr, gap)]
         T_pred = self._predict(frame.stamp_ns)
@@ -240,8 +248,27 @@ class RGBDFrontend(Frontend):
         self._gap_pending = False
         if gap is not None and self._T_last is not None:
             self._counts["gaps"] += 1
-            self._velocity = np.zeros(6)
         return gap
+
+    def _across_gap(self, frame: Frame, depth: np.ndarray, pyr: list[PyramidLevel], gap: float
+                    ) -> Optional[FrameEstimate]:
+        """The first frame after a gap of at most ``tracking.gap_s``, tracked with the normal
+        search and checks from the constant-velocity prediction across the gap. A pause in
+        processing rarely stops the camera: the widened search from the last good pose can
+        settle on a wrong pose that overlaps the model better than the true one does (a
+        camera turning towards unseen parts of a room of planes). None when it fails."""
+        tc = self.config.tracking
+        if not (0.0 < gap <= tc.gap_s and np.any(self._velocity)):
+            return None
+        T_pred = self._predict(frame.stamp_ns)
+        res = track(pyr, self._model, T_pred, tc, self._noise_power)
+        if self._failure_reason(res, T_pred) is not None:
+            return None
+        self._last = res
+        self._counts["gap_recoveries"] += 1
+        log.info("rgbd: frame %d tracked across a %.2f s gap from the motion before it", frame.index, gap)
+        return self._tracked(frame, depth, pyr, res, self._status.found(
+            f"tracked across a {gap:.2f} s gap from the motion before it"))
 
     def _widened(self) -> TrackingConfig:
         """Tracking parameters for a frame without a usable prediction (after a gap or a loss)."""
