@@ -218,8 +218,13 @@ def verify_pair(kf_a: Keyframe, kf_b: Keyframe, fa: Features, fb: Features, cfg:
     na = _normalise(ua, kf_a.K_image)
     nb = _normalise(ub, kf_b.K_image)
     f_mean = 0.25 * (kf_a.K_image[0, 0] + kf_a.K_image[1, 1] + kf_b.K_image[0, 0] + kf_b.K_image[1, 1])
-    E, emask = cv2.findEssentialMat(na, nb, np.eye(3), method=cv2.RANSAC, prob=cfg.ransac_confidence,
-                                    threshold=cfg.ransac_px / f_mean)
+    try:
+        E, emask = cv2.findEssentialMat(na, nb, np.eye(3), method=cv2.RANSAC, prob=cfg.ransac_confidence,
+                                        threshold=cfg.ransac_px / f_mean)
+    except cv2.error:
+        # OpenCV >= 5.1 raises on degenerate samples (no baseline: the same view twice). The
+        # epipolar check says nothing then; the Sim(3) RANSAC on the pointmaps below verifies.
+        E, emask = np.eye(3), np.ones((len(na), 1), np.uint8)
     if E is None or emask is None:
         return None
     keep = emask.ravel().astype(bool)
