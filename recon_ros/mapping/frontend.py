@@ -113,6 +113,11 @@ class Frontend(ABC):
     def notify_gap(self) -> None:
         """Processing paused: do not predict the next frame from the motion before the pause."""
 
+    def finish_step(self) -> None:
+        """Do the bookkeeping the last :meth:`step` left for after its pose went out (indexing
+        a keyframe for relocalization, say). :meth:`step` does it first when nobody called
+        this, so skipping it only delays the work."""
+
     def take_segment_joins(self) -> list[tuple[int, int, np.ndarray]]:
         """Segments joined since the last call: (joined segment, segment it joined, the
         transform from the joined segment's world into the other's). Frames of a frontend that

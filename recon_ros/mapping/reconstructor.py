@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import copy
 import dataclasses
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -77,6 +78,8 @@ class StepResult:
     keyframes_moved: bool = False  # earlier keyframes changed pose (a map segment was joined)
     timings_ms: dict[str, float] = field(default_factory=dict)
     skipped: Optional[str] = None  # why the frame was skipped, if it was
+    # map work that Reconstructor.finish() does (keyframes into the map, fusion), in order
+    deferred: list = field(default_factory=list, repr=False, compare=False)
     # the frontend's tracking state after this step (tracking / lost / relocalized) and why;
     # frames without a pose (lost) are withheld from ``estimates``, the map and the trajectory
     tracking: str = "tracking"
@@ -233,6 +236,7 @@ class Reconstructor:
         self._last_ms: dict[str, float] = {}
         self._first_own_id = 0  # keyframes below this id came with a loaded map
         self.loaded_from: Optional[Path] = None
+        self._unfinished: Optional[StepResult] = None  # estimate() done, finish() not yet
 
     @property
     def localizing(self) -> bool:
@@ -256,6 +260,7 @@ class Reconstructor:
         keyframes and relocalization database replace the current state, and the next
         frames are relocalized in it. The folder is read and checked completely first; a bad
         one raises a one-line DataFormatError and changes nothing."""
+        self._settle()
         from recon_ros.mapping.saved_map import load_map
 
         saved = load_map(Path(path))
@@ -312,7 +317,16 @@ class Reconstructor:
 
     # ------------------------------------------------------------------ processing
     def process(self, frame: Frame) -> StepResult:
-        """Feed one frame; bad frames are logged, counted and skipped (``StepResult.skipped``)."""
+        """Feed one frame; bad frames are logged, counted and skipped (``StepResult.skipped``).
+        The same as :meth:`estimate` followed by :meth:`finish`."""
+        return self.finish(self.estimate(frame))
+
+    def estimate(self, frame: Frame) -> StepResult:
+        """The first half of :meth:`process`: the frame's pose. The result has its estimates,
+        tracking state and new keyframes; fusing it into the map and the frontend's keyframe
+        bookkeeping wait for :meth:`finish`, so that a caller can publish the pose first. A
+        step left unfinished is finished by the next call that reads or changes the map."""
+        self._settle()
         t0 = time.perf_counter()
         if self._last_stamp is not None and frame.stamp_ns <= self._last_stamp:
             return self._skip("stamp_not_increasing",
@@ -330,15 +344,45 @@ class Reconstructor:
         result = self._consume(estimates)
         result.keyframes_moved = any(joined)
         result.map_changed |= result.keyframes_moved
+        status = self.frontend.status
+        result.tracking, result.tracking_reason = status.state, status.reason
+        result.timings_ms = {"frontend": (t1 - t0) * 1e3, "pose": (time.perf_counter() - t0) * 1e3}
+        self._unfinished = result
+        return result
+
+    def finish(self, result: StepResult) -> StepResult:
+        """The second half of :meth:`process` for the result of :meth:`estimate`: new
+        keyframes into the keyframe map, the frame fused into the volume, queued re-fusion
+        within its budget, the frontend's keyframe bookkeeping. Returns ``result`` with
+        ``map_changed`` and the timings complete. Finishing twice does nothing."""
+        if result is not self._unfinished:
+            return result
+        self._unfinished = None
+        t0 = time.perf_counter()
+        self._run_deferred(result)
+        self.frontend.finish_step()
+        joined = [self._join_segment(*j) for j in self.frontend.take_segment_joins()]
+        if any(joined):
+            result.keyframes_moved = result.map_changed = True
         if self.surface.pending:
             self.surface.work(self._repose_budget())
             result.map_changed = True
-        status = self.frontend.status
-        result.tracking, result.tracking_reason = status.state, status.reason
-        t2 = time.perf_counter()
-        result.timings_ms = {"frontend": (t1 - t0) * 1e3, "map": (t2 - t1) * 1e3, "total": (t2 - t0) * 1e3}
+        result.map_changed |= bool(result.new_keyframes)
+        map_ms = (time.perf_counter() - t0) * 1e3
+        result.timings_ms.update(map=map_ms, total=result.timings_ms.get("pose", 0.0) + map_ms)
         self._last_ms = result.timings_ms
         return result
+
+    def _run_deferred(self, result: StepResult) -> None:
+        for work in result.deferred:
+            work()
+        result.deferred.clear()
+        self._drop_evicted()
+
+    def _settle(self) -> None:
+        """Finish a step that :meth:`estimate` left (before the map is read or changed)."""
+        if self._unfinished is not None:
+            self.finish(self._unfinished)
 
     def notify_gap(self) -> None:
         """Processing paused (a save, corrections, a deactivate): the frontend must not
@@ -348,8 +392,11 @@ class Reconstructor:
     def flush(self) -> StepResult:
         """End of stream: the estimates the frontend still holds (and every re-fusion still
         queued after a correction)."""
+        self._settle()
         t0 = time.perf_counter()
         result = self._consume(self.frontend.flush())
+        self._run_deferred(result)
+        self.frontend.finish_step()
         if self.surface.pending:
             self.surface.work()
             result.map_changed = True
@@ -366,6 +413,7 @@ class Reconstructor:
                 self._lost += 1  # no pose: not fused, not keyframed, not a trajectory pose
                 continue
             if self.cfg.scale.mode != "none" and not self.frontend.metric:
+                self._run_deferred(result)  # a rescale re-anchors every keyframe in the map
                 self.scaler.update(est, est.frame)
                 if self._rescale_map():
                     result.map_changed = True
@@ -376,23 +424,28 @@ class Reconstructor:
             known = None if (not self.frontend.metric and not self.scaler.state().known) else s
             kf = None if self.localizing else self.selector.consider(est, est.frame, known)
             if kf is not None:
-                self.map.add_keyframe(kf)
                 self._kf_raw[kf.id] = [np.array(est.T_world_cam, dtype=np.float64), s, s]
                 self._keyframes[kf.id] = kf
                 self._kf_segment[kf.id] = self.frontend.status.segment
-                self._drop_evicted()
+                result.deferred.append(functools.partial(self._add_keyframe, kf))
                 result.new_keyframes.append(kf)
-                result.map_changed = True
                 anchor = kf.id
             entry = _TrajEntry(est.stamp_ns, np.array(est.T_world_cam, dtype=np.float64), anchor, s,
                                self.frontend.status.segment)
             self._traj.append(entry)
             # in the corrected world: the refinement correction of its keyframe applies to it
             scaled = correct_estimate(scale_estimate(est, s), self._live_correction(entry))
-            if not self.localizing and self.surface.integrate(scaled):
-                result.map_changed = True
+            if not self.localizing:
+                result.deferred.append(functools.partial(self._fuse, scaled, result))
             result.estimates.append(scaled)
         return result
+
+    def _add_keyframe(self, kf: Keyframe) -> None:
+        self.map.add_keyframe(kf)
+
+    def _fuse(self, est: FrameEstimate, result: StepResult) -> None:
+        if self.surface.integrate(est):
+            result.map_changed = True
 
     def _join_segment(self, segment: int, target: int, C: np.ndarray) -> bool:
         """The frontend found where a segment it started after a loss lies in an earlier one:
@@ -464,6 +517,7 @@ class Reconstructor:
     def apply_corrections(self, poses: dict[int, np.ndarray]) -> int:
         """Re-anchor keyframes to corrected poses, matched by keyframe stamp (ns). Returns how
         many keyframes moved. Poses may be Sim(3)."""
+        self._settle()
         by_stamp = {kf.stamp_ns: kf_id for kf_id, kf in self._keyframes.items()}
         moved = 0
         for stamp, T in poses.items():
@@ -497,6 +551,7 @@ class Reconstructor:
         """Swap in a refined pointmap for the keyframe stamped ``stamp_ns`` (the refiner node's
         output); pixels stay valid where they were valid and the refined point is finite.
         Returns False when no such keyframe is in the map."""
+        self._settle()
         kf_id = next((i for i, kf in self._keyframes.items() if kf.stamp_ns == int(stamp_ns)), None)
         if kf_id is None:
             return False
@@ -509,6 +564,7 @@ class Reconstructor:
 
     def replace_depth(self, kf_id: int, points_cam: np.ndarray, valid: np.ndarray) -> bool:
         """Swap a keyframe's pointmap for a refined one (same resolution, keyframe frame)."""
+        self._settle()
         if kf_id not in self.map:
             return False
         self.map.replace_points(kf_id, points_cam, valid)
@@ -524,6 +580,7 @@ class Reconstructor:
         each frame follows the refinement corrections of the keyframes around it, interpolated
         in time between the keyframe it was tracked after and the next one; without, these are
         the frontend's poses."""
+        self._settle()
         return [(st, rigid_part(T)) for st, T in self._frame_poses(corrected)]
 
     def _frame_poses(self, corrected: bool) -> list[tuple[int, np.ndarray]]:
@@ -576,6 +633,7 @@ class Reconstructor:
     def keyframes(self, frontend_poses: bool = False) -> list[Keyframe]:
         """The keyframes still in the map, with their current (possibly Sim(3)) map poses, or
         with :meth:`frontend_pose` (what the refiner expects) when ``frontend_poses``."""
+        self._settle()
         out = []
         for kf_id in self.map.keyframe_ids():
             kf = self._keyframes.get(kf_id)
@@ -588,16 +646,19 @@ class Reconstructor:
     def fused_cloud(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The fused map (zero crossings of the TSDF volume): xyz (N,3) float32, rgb (N,3)
         uint8, confidence (N,) float32 (the accumulated fusion weight)."""
+        self._settle()
         return self._products().fused_cloud()
 
     def mesh(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The triangle mesh of the volume in ``recon_world``: vertices (V,3), faces (F,3),
         vertex colours (V,3) uint8, vertex normals (V,3)."""
+        self._settle()
         return self._products().mesh()
 
     def occupancy(self, T_map_recon: Optional[np.ndarray] = None):
         """The 2-D occupancy grid of the surface, cut from the height band of ``map.occupancy``
         in the z-up ``map`` frame (``T_map_recon`` defaults to the static optical -> z-up rotation)."""
+        self._settle()
         return self._products().occupancy(T_map_recon)
 
     def _products(self) -> MapSnapshot:
@@ -607,6 +668,7 @@ class Reconstructor:
     def map_snapshot(self) -> "MapSnapshot":
         """The map products of this moment, to be extracted on another thread (a copy of the
         volume; the Reconstructor goes on fusing meanwhile)."""
+        self._settle()
         return MapSnapshot(self.surface.snapshot(), self.cfg)
 
     def stats(self) -> dict:
@@ -642,6 +704,7 @@ class Reconstructor:
     def save_snapshot(self) -> SaveSnapshot:
         """What :meth:`save` writes, frozen now (a copy of the volume; the keyframes, poses and
         relocalization database as they are), to be written on another thread."""
+        self._settle()
         self.surface.work()  # a saved map has every correction applied
         reloc = self.frontend.export_map() if self.cfg.output.map_state else None
         return SaveSnapshot(self.surface.snapshot(), copy.deepcopy(self.cfg), poses=self.trajectory(),

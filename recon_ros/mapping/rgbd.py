@@ -31,11 +31,12 @@ keeps the scale comparable with Spann3R's confidences (>= 1).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import time
 from collections import OrderedDict
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -109,6 +110,7 @@ class RGBDFrontend(Frontend):
         self._joins: list[tuple[int, int, np.ndarray]] = []
         self._map_ids: frozenset[int] = frozenset()  # database keyframes of a loaded map
         self._map_models: OrderedDict[int, tuple[np.ndarray, list[PyramidLevel]]] = OrderedDict()
+        self._deferred: list[Callable[[], None]] = []  # left by a step for finish_step()
 
     @property
     def _noise_power(self) -> float:
@@ -123,6 +125,7 @@ class RGBDFrontend(Frontend):
         return self.config.mapping.mode == "localization"
 
     def export_map(self) -> Optional[dict[str, np.ndarray]]:
+        self.finish_step()
         return self.database.export_arrays()
 
     def adopt_map(self, arrays: dict[str, np.ndarray]) -> None:
@@ -139,6 +142,12 @@ class RGBDFrontend(Frontend):
     def notify_gap(self) -> None:
         self._gap_pending = True
 
+    def finish_step(self) -> None:
+        """Index the step's new keyframe for relocalization (features, bag of words): the
+        frame's pose does not wait for it."""
+        while self._deferred:
+            self._deferred.pop(0)()
+
     def stats(self) -> dict:
         out: dict = dict(self._counts)
         out["model_keyframes"] = len(self._model)
@@ -152,6 +161,7 @@ class RGBDFrontend(Frontend):
     def step(self, frame: Frame) -> list[FrameEstimate]:
         t0 = time.perf_counter()
         try:
+            self.finish_step()  # the previous step's, when nobody called it
             return self._step(frame)
         finally:
             self._time_s += time.perf_counter() - t0
@@ -477,12 +487,16 @@ class RGBDFrontend(Frontend):
             lvl = pyr[0]
             payload = {"depth": np.ascontiguousarray(lvl.vertices[..., 2]),
                        "gray": np.rint(lvl.intensity * 255.0).astype(np.uint8), "K": lvl.K}
-            self.database.add(self._next_kf, frame.stamp_ns, T, frame.rgb, depth,
-                              np.asarray(frame.K, float), payload)
+            index = functools.partial(self.database.add, self._next_kf, frame.stamp_ns, T.copy(), frame.rgb,
+                                      depth, np.asarray(frame.K, float), payload)
             self._segment_of[self._next_kf] = self._status.segment
             self._next_kf += 1
-            if self._unjoined and len(self.database) > 1:
-                self._try_join(frame, pyr, T)
+            if self._unjoined:  # a join moves this frame's pose: before it goes out
+                index()
+                if len(self.database) > 1:
+                    self._try_join(frame, pyr, T)
+            else:
+                self._deferred.append(index)
 
     def _map_anchors(self, T: np.ndarray, k: int) -> list[tuple[np.ndarray, list[PyramidLevel]]]:
         """Up to ``k`` tracking models of loaded-map keyframes near pose ``T`` (closest first,
