@@ -192,6 +192,21 @@ def test_dynamic_parameter_validation(ros):
     assert node.subscriptions["/image"].qos.reliability == QoSReliabilityPolicy.RELIABLE
 
 
+def test_pose_goes_out_before_the_map_work(ros):
+    """The worker publishes pose and TF when the core's estimate is done, before the map work
+    of that frame (Reconstructor.finish); keyframes and paths follow it."""
+    node, recon = start(ros)
+    seen = []
+    recon.on_finish = lambda: seen.append((len(pub(node, "pose").messages), len(node._tf_pub.sent),
+                                           len(pub(node, "keyframes").messages)))
+    for i in range(2):
+        feed(node, stamp(i))
+        settle(node)
+    assert recon.processed == [stamp(0), stamp(1)]
+    assert seen == [(1, 1, 0), (2, 2, 1)]  # frame 0 is a keyframe: published after its finish
+    assert len(pub(node, "keyframes").messages) == 1
+
+
 def test_bad_override_fails_configure(ros):
     node, _ = make_node(ros, overrides={"input.qos": "fastest"})
     assert node.trigger_configure() == 98
@@ -289,13 +304,16 @@ def test_process_every_n(ros):
 def test_frames_wait_for_tf_and_time_out(ros):
     node, recon = start(ros, overrides={"frames.odom_frame": "odom", "frames.base_frame": "base_link",
                                         "frames.tf_timeout_s": 0.2})
+    assert node._tf_timer.is_canceled()  # TF is polled only while frames wait for it
     feed(node, stamp(0))
     node._poll_tf()
     settle(node)
     assert recon.processed == [] and len(node._tf_queue) == 1  # waiting, not blocking, not dropped
+    assert not node._tf_timer.is_canceled()
     node.get_clock().set_ns(stamp(0) + 500_000_000)  # past the timeout
     node._poll_tf()
     assert node.counters()["tf_timeouts"] == 1 and len(node._tf_queue) == 0
+    assert node._tf_timer.is_canceled()
     assert any("tf_timeout_s" in m for m in node.get_logger().messages("warning"))
     # Now provide the mounting and odometry: the next frame goes through.
     # A real chain: odom -> base_link (dynamic, sampled around the image stamp) -> camera (static,
@@ -311,10 +329,9 @@ def test_frames_wait_for_tf_and_time_out(ros):
     buf.set_transform(M.make_transform_stamped(T, before, "odom", "base_link", stamp(1) - 10_000_000))
     buf.set_transform(M.make_transform_stamped(T, after, "odom", "base_link", stamp(1) + 10_000_000))
     T_odom_base = make_T(rotvec_to_matrix([0, 0, 0.3]), [1.1, 2.0, 0.0])  # halfway: the image stamp
-    feed(node, stamp(1))
-    node._poll_tf()
+    feed(node, stamp(1))  # its transforms are there: submitted without waiting for the timer
     settle(node)
-    assert recon.processed == [stamp(1)]
+    assert recon.processed == [stamp(1)] and node._tf_timer.is_canceled()
     assert np.allclose(recon.frames[0].T_odom_cam, T_odom_base @ T_base_cam)
     # map is the body's first pose: T_map_recon = T_base_cam, so T_map_base(first) = identity.
     pose = M.pose_to_matrix(pub(node, "pose").messages[-1])

@@ -629,12 +629,15 @@ def make_pose_stamped(types: MessageTypes, T: np.ndarray, frame_id: str, stamp_n
 
 
 def make_path(types: MessageTypes, poses: Iterable[tuple[int, np.ndarray]], frame_id: str,
-              stamp_ns: int) -> Any:
-    """nav_msgs/Path from (stamp_ns, T_frame_pose) pairs."""
+              stamp_ns: int, pose_msg: Optional[Callable[[int, np.ndarray], Any]] = None) -> Any:
+    """nav_msgs/Path from (stamp_ns, T_frame_pose) pairs. ``pose_msg(stamp_ns, T)`` builds each
+    PoseStamped when given (a cache of unchanged poses, say)."""
     types = as_types(types)
-    return types["nav_msgs/msg/Path"](
-        header=make_header(types, stamp_ns, frame_id),
-        poses=[make_pose_stamped(types, T, frame_id, s) for s, T in poses])
+    if pose_msg is None:
+        def pose_msg(s: int, T: np.ndarray) -> Any:
+            return make_pose_stamped(types, T, frame_id, s)
+    return types["nav_msgs/msg/Path"](header=make_header(types, stamp_ns, frame_id),
+                                      poses=[pose_msg(s, T) for s, T in poses])
 
 
 def path_to_arrays(msg: Any) -> tuple[np.ndarray, np.ndarray]:

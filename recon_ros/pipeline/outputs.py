@@ -189,6 +189,10 @@ class ResultPublisher:
         self.products_dirty = False  # ... since the last mesh/occupancy job
         self._odom_by_stamp: "collections.OrderedDict[int, np.ndarray]" = collections.OrderedDict()
         self.last_stamp = 0  # of the newest estimate published
+        self._posed: Any = None  # the step result whose pose went out, its products not yet
+        # PoseStamped messages of the last ~/path and ~/keyframe_poses by (stamp, pose): a new
+        # keyframe rebuilds only what changed
+        self._path_poses: dict[str, dict] = {"path": {}, "keyframe_poses": {}}
 
     # -- ownership ---------------------------------------------------------------------------
     def _own(self) -> None:
@@ -223,23 +227,41 @@ class ResultPublisher:
         self.T_map_recon = None
         self.map_dirty = self.products_dirty = False
         self._odom_by_stamp.clear()
+        self._posed = None
+        self._path_poses = {"path": {}, "keyframe_poses": {}}
 
     # -- results -----------------------------------------------------------------------------
-    def publish_result(self, recon: Any, result: Any, stamp_ns: Optional[int] = None) -> Optional[TrackingChange]:
-        """Everything one step result publishes except the map (see :meth:`map_job`): pose, TF,
-        odometry, frame products, keyframes, the keyframe paths and the tracking state. Lost
-        frames publish no pose: a held pose never goes out with a fresh stamp. ``stamp_ns`` is
-        the processed frame's (it dates the tracking state). Returns the tracking change to
-        log, if any."""
+    def publish_pose(self, result: Any, stamp_ns: Optional[int] = None) -> Optional[TrackingChange]:
+        """What a step publishes as soon as its pose is known (``Reconstructor.estimate``):
+        pose, odometry, TF and the tracking state. Lost frames publish no pose: a held pose
+        never goes out with a fresh stamp. ``stamp_ns`` is the processed frame's (it dates
+        the tracking state). Returns the tracking change to log, if any."""
         self._own()
+        self._posed = result
         change = self._note_tracking(result, stamp_ns)
         opts = self.options()
         for est in result.estimates:
             if getattr(est, "tracking_ok", True):
-                self.publish_estimate(est, final=True, opts=opts)
+                self.publish_estimate(est, final=True, opts=opts, products=False)
         prov = result.provisional
         if prov is not None and opts.provisional_pose and getattr(prov, "tracking_ok", True):
             self.publish_estimate(prov, final=False, opts=opts)
+        return change
+
+    def publish_result(self, recon: Any, result: Any, stamp_ns: Optional[int] = None) -> Optional[TrackingChange]:
+        """Everything one step result publishes except the map (see :meth:`map_job`): what
+        :meth:`publish_pose` publishes (unless it already did for this result), then the frame
+        products, keyframes and the keyframe paths. Returns the tracking change to log, if
+        :meth:`publish_pose` did not return it already."""
+        self._own()
+        change = None
+        if self._posed is not result:
+            change = self.publish_pose(result, stamp_ns)
+        self._posed = None
+        opts = self.options()
+        for est in result.estimates:
+            if getattr(est, "tracking_ok", True):
+                self.publish_frame_products(est, opts)
         for kf in result.new_keyframes:
             if self.sink.wants("keyframes"):
                 self.sink.emit("keyframe_info", convert.keyframe_info(self.types, kf, self.camera_frame), kf.stamp_ns)
@@ -277,9 +299,11 @@ class ResultPublisher:
                     self.types, self.T_map_recon, f.map_frame, f.recon_frame, stamp_ns), stamp_ns)
         return self.T_map_recon
 
-    def publish_estimate(self, est: Any, final: bool, opts: Optional[PublishOptions] = None) -> None:
+    def publish_estimate(self, est: Any, final: bool, opts: Optional[PublishOptions] = None,
+                         products: bool = True) -> None:
         """Pose, odometry and TF (from the final estimates, or from the provisional one with
-        ``provisional_pose``), then a final estimate's frame cloud, depth and confidence."""
+        ``provisional_pose``), then (with ``products``) a final estimate's frame cloud, depth
+        and confidence."""
         self._own()
         opts = opts or self.options()
         f, t, sink = self.frames, self.types, self.sink
@@ -295,8 +319,16 @@ class ResultPublisher:
                 sink.emit("odom", M.make_odometry(t, o.T_map_base, f.map_frame, o.child, stamp), stamp)
             if o.tf is not None and sink.wants("tf"):
                 sink.emit("tf", M.make_transform_stamped(t, o.tf[2], o.tf[0], o.tf[1], stamp), stamp)
-        if not final:
-            return
+        if final and products:
+            self.publish_frame_products(est, opts)
+
+    def publish_frame_products(self, est: Any, opts: Optional[PublishOptions] = None) -> None:
+        """A final estimate's frame cloud, depth and confidence images (those enabled and wanted)."""
+        self._own()
+        opts = opts or self.options()
+        f, t, sink = self.frames, self.types, self.sink
+        stamp = int(est.stamp_ns)
+        T_map_recon = self.anchor(stamp)
         if sink.wants("frame_cloud"):
             ok = est.valid_mask() & (est.confidence >= opts.frame_cloud_min_confidence)
             xyz = transform_points(T_map_recon, est.points[ok].astype(np.float32))
@@ -325,14 +357,28 @@ class ResultPublisher:
         """~/path (corrected keyframe poses) and ~/keyframe_poses (frontend poses); empty after a
         reset, which starts a new session in recon_refiner."""
         self._own()
-        f, t = self.frames, self.types
         poses = self.keyframe_poses(recon)
         stamp = poses[-1][0] if poses else self._now_ns()
         if self.sink.wants("path"):
-            self.sink.emit("path", M.make_path(t, poses, f.map_frame, stamp), stamp)
+            self.sink.emit("path", self._path_msg("path", poses, stamp), stamp)
         if self.sink.wants("keyframe_poses"):
             front = self.keyframe_poses(recon, frontend=True)
-            self.sink.emit("keyframe_poses", M.make_path(t, front, f.map_frame, stamp), stamp)
+            self.sink.emit("keyframe_poses", self._path_msg("keyframe_poses", front, stamp), stamp)
+
+    def _path_msg(self, key: str, poses: list, stamp_ns: int) -> Any:
+        """A path message of ``poses`` that reuses the PoseStamped of unchanged poses."""
+        t, frame = self.types, self.frames.map_frame
+        old, new = self._path_poses[key], {}
+
+        def pose_msg(s: int, T: np.ndarray) -> Any:
+            k = (int(s), np.asarray(T, dtype=np.float64).tobytes())
+            msg = old.get(k)
+            new[k] = msg if msg is not None else M.make_pose_stamped(t, T, frame, s)
+            return new[k]
+
+        msg = M.make_path(t, poses, frame, stamp_ns, pose_msg)
+        self._path_poses[key] = new
+        return msg
 
     def _now_ns(self) -> int:
         return int(self._clock_ns()) if self._clock_ns is not None else self.last_stamp

@@ -100,7 +100,7 @@ def run_replay(recon: Reconstructor, frames: Iterable[Any], out_dir: Path, *, to
 
     def consume(step, stamp_ns: Optional[int] = None, final: bool = False) -> None:
         before = result.estimates
-        pub.publish_result(recon, step, stamp_ns)
+        pub.publish_result(recon, recon.finish(step), stamp_ns)
         result.estimates += len(step.estimates)
         if refinement is not None:
             refinement.add_keyframes(step.new_keyframes)
@@ -119,7 +119,9 @@ def run_replay(recon: Reconstructor, frames: Iterable[Any], out_dir: Path, *, to
                 if T_gt is not None:
                     gt.append((frame.stamp_ns, np.asarray(T_gt, dtype=np.float64)))
                 pub.observe_input(frame)
-                consume(recon.process(frame), frame.stamp_ns)
+                step = recon.estimate(frame)
+                pub.publish_pose(step, frame.stamp_ns)  # as recon_node: the pose before the map work
+                consume(step, frame.stamp_ns)
                 last_stamp = frame.stamp_ns
                 bar.update(1)
                 if progress and result.frames_in % 5 == 0:

@@ -166,6 +166,7 @@ class ReconNode(LifecycleNode):
         self._pubs: dict[str, Any] = {}
         self._subs: list = []
         self._input_timers: list = []
+        self._tf_timer: Any = None  # in _input_timers; runs while frames wait for TF
         self._service_handles: list = []
         self._tf_buffer: Any = None
         self._tf_listener: Any = None
@@ -277,7 +278,7 @@ class ReconNode(LifecycleNode):
         self._worker = GpuWorker(self._process, name="recon_gpu", on_error=self._on_worker_error)
         self._worker.start()
         self._map_worker = GpuWorker(self._publish_map_job, name="recon_map_products",
-                                     on_error=self._on_map_worker_error)
+                                     on_error=self._on_map_worker_error, nice=r.process.map_thread_nice)
         self._map_worker.start()
         log.info("configured: model ready")
         if self._recon.loaded_from is not None:
@@ -311,10 +312,11 @@ class ReconNode(LifecycleNode):
             self._subs.append(self.create_subscription(PointCloud2, r.refined_keyframes_topic,
                                                        self._on_refined_keyframe, qos.stream(50),
                                                        callback_group=self._input_group))
-        self._input_timers = [
-            self.create_timer(TF_POLL_PERIOD_S, self._poll_tf, callback_group=self._input_group),
-            self._housekeeping_timer(),
-        ]
+        # polls TF only while frames wait for it (a timer firing 100 times a second costs the
+        # executor's thread a share of the CPU that tracking needs)
+        self._tf_timer = self.create_timer(TF_POLL_PERIOD_S, self._poll_tf, callback_group=self._input_group)
+        self._tf_timer.cancel()
+        self._input_timers = [self._tf_timer, self._housekeeping_timer()]
         self._stamps.reset()
         self._jumps.reset()
         self._last_match_ns = 0
@@ -384,7 +386,7 @@ class ReconNode(LifecycleNode):
             self.destroy_subscription(s)
         for t in self._input_timers:
             self.destroy_timer(t)
-        self._subs, self._input_timers = [], []
+        self._subs, self._input_timers, self._tf_timer = [], [], None
         self._matcher = None
         if self._tf_queue is not None:
             self._tf_queue.clear()
@@ -506,6 +508,7 @@ class ReconNode(LifecycleNode):
             self._tf_queue.timeout_ns = int(self.ros.frames.tf_timeout_s * 1e9)
             if self._tf_queue.push(item, stamp, now) is not None:
                 self._count("tf_queue_overflow")
+            self._poll_tf()
         else:
             self._submit(item)
 
@@ -542,7 +545,22 @@ class ReconNode(LifecycleNode):
         return out
 
     def _poll_tf(self) -> None:
-        if self._tf_queue is None or not len(self._tf_queue):
+        """Submit the frames whose transforms arrived, drop those that waited too long (input
+        group); the poll timer runs while frames are left waiting."""
+        if self._tf_queue is None:
+            return
+        try:
+            self._release_tf_waiting()
+        finally:
+            timer = self._tf_timer
+            if timer is not None:
+                if not len(self._tf_queue):
+                    timer.cancel()
+                elif timer.is_canceled():
+                    timer.reset()
+
+    def _release_tf_waiting(self) -> None:
+        if not len(self._tf_queue):
             return
         ready, expired = self._tf_queue.poll(self._now_ns(), self._tf_for)
         if expired:
@@ -712,9 +730,11 @@ class ReconNode(LifecycleNode):
         if self._gap_pending.is_set():
             self._gap_pending.clear()
             self._recon.notify_gap()
-        result = self._recon.process(frame)
+        result = self._recon.estimate(frame)
+        self._log_tracking(self._out.publish_pose(result, frame.stamp_ns))  # the pose does not wait for the map
+        self._recon.finish(result)
         self._timings = dict(result.timings_ms)
-        self._log_tracking(self._out.publish_result(self._recon, result, frame.stamp_ns))
+        self._out.publish_result(self._recon, result, frame.stamp_ns)
         self._maybe_publish_map()
         self._refresh_stats()
 

@@ -108,9 +108,10 @@ class FakeMapSnapshot:
 
 
 class FakeReconstructor:
-    """Test double of the core Reconstructor. ``delay_s`` makes ``process`` slow like a GPU model;
+    """Test double of the core Reconstructor. ``delay_s`` makes ``estimate`` slow like a GPU model;
     frames whose stamps are in ``lost`` come back as the core reports a lost frame: state
-    ``lost``, no estimate, nothing entering the map. ``gaps`` counts ``notify_gap`` calls."""
+    ``lost``, no estimate, nothing entering the map. ``gaps`` counts ``notify_gap`` calls;
+    ``on_finish`` (if set) is called by ``finish``, the second half of a step."""
 
     loaded_from = None  # no saved map (the core's Reconstructor.loaded_from)
     localizing = False
@@ -131,12 +132,21 @@ class FakeReconstructor:
         self.refined: list = []  # (stamp_ns, points) handed to replace_depth_at
         self._points: list[np.ndarray] = []
         self._n = 0
+        self.on_finish: Optional[Callable[[], None]] = None
 
     @property
     def scale(self) -> float:
         return 1.0
 
     def process(self, frame: Frame) -> FakeStepResult:
+        return self.finish(self.estimate(frame))
+
+    def finish(self, result: FakeStepResult) -> FakeStepResult:
+        if self.on_finish is not None:
+            self.on_finish()
+        return result
+
+    def estimate(self, frame: Frame) -> FakeStepResult:
         self.threads.add(threading.current_thread().name)
         if self.delay_s:
             time.sleep(self.delay_s)
