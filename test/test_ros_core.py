@@ -3,6 +3,8 @@ stamp monitoring, keyframe store, and the message conversions with the real rosb
 classes (serialised to CDR and read back, as ROS 2 would)."""
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -143,6 +145,18 @@ def test_worker_survives_handler_errors():
     assert (st.processed, st.failed) == (1, 1)
     assert isinstance(w.call(lambda: 1 / 0).exception(5.0), ZeroDivisionError)
     w.stop()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice levels are Linux's")
+def test_worker_thread_nice_applies_to_its_thread_only():
+    me = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    seen = []
+    w = GpuWorker(lambda x: seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id())), nice=5)
+    w.start()
+    w.submit(0)
+    assert w.wait_idle(5.0) and w.stop(5.0)
+    assert seen == [min(19, me + 5)]
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == me  # the caller's is unchanged
 
 
 # -- frames ---------------------------------------------------------------------------------------

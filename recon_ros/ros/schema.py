@@ -166,6 +166,15 @@ class ProcessConfig:
 
 
 @dataclass
+class ReconProcessConfig(ProcessConfig):
+    """How recon_node shares the CPU with the other node and the robot's stack."""
+
+    map_thread_nice: int = param(10, "nice level added to the thread that extracts ~/map_cloud, "
+                                 "~/map_mesh and ~/occupancy (Linux): on a busy CPU, tracking "
+                                 "gets the cores first and the map outputs come later", min=0, max=19)
+
+
+@dataclass
 class RefinerProcessConfig(ProcessConfig):
     """How recon_refiner shares the CPU: below recon_node, so background stages never starve
     tracking."""
@@ -184,7 +193,7 @@ class ReconNodeConfig:
     diagnostics: DiagnosticsConfig = group(DiagnosticsConfig)
     save: SaveConfig = group(SaveConfig)
     lifecycle: LifecycleConfig = group(LifecycleConfig)
-    process: ProcessConfig = group(ProcessConfig)
+    process: ReconProcessConfig = group(ReconProcessConfig)
 
 
 @dataclass

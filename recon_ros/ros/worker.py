@@ -9,6 +9,8 @@ this one thread and needs no lock. Pure Python; no ROS.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
 import time
 from collections import deque
@@ -37,8 +39,11 @@ class GpuWorker(Generic[T]):
     """A single background thread with a latest-wins frame slot and a task queue."""
 
     def __init__(self, handle_frame: Callable[[T], None], name: str = "recon_worker",
-                 on_error: Optional[Callable[[BaseException], None]] = None) -> None:
+                 on_error: Optional[Callable[[BaseException], None]] = None, nice: int = 0) -> None:
+        """``nice``: raise this thread's Linux nice level by that much (its CPU share under load
+        yields to the process's other threads; elsewhere ignored)."""
         self._handle = handle_frame
+        self._nice = int(nice)
         self._on_error = on_error
         self._name = name
         self._cv = threading.Condition()
@@ -132,7 +137,19 @@ class GpuWorker(Generic[T]):
             return True
 
     # -- the thread --------------------------------------------------------------------------
+    def _lower_priority(self) -> None:
+        """Linux schedules threads on their own: the nice level of this thread's id applies to
+        this thread only."""
+        if self._nice <= 0 or not sys.platform.startswith("linux"):
+            return
+        tid = threading.get_native_id()
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + self._nice))
+        except OSError as exc:
+            _log.warning("could not lower the priority of thread %s: %s", self._name, exc)
+
     def _run(self) -> None:
+        self._lower_priority()
         while True:
             with self._cv:
                 while not (self._stop or self._tasks or self._has_pending):

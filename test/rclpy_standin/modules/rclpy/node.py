@@ -106,12 +106,19 @@ class Timer:
         self.timer_period_ns = int(period * 1e9)
         self.callback, self.callback_group = callback, group
         self.destroyed = False
+        self.canceled = False
 
     def fire(self) -> None:
         self.callback()
 
     def cancel(self) -> None:
-        pass
+        self.canceled = True
+
+    def reset(self) -> None:
+        self.canceled = False
+
+    def is_canceled(self) -> bool:
+        return self.canceled
 
 
 class Node:
