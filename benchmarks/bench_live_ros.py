@@ -242,6 +242,11 @@ def main() -> int:
     results["position_error_cm"] = {"median": round(float(np.median(err)) * 100, 2),
                                     "p95": round(float(np.percentile(err, 95)) * 100, 2),
                                     "max": round(float(err.max()) * 100, 2)}
+    # every pose: seconds after the first, sequence index, position error (cm), estimated and true position
+    t_rel = (arrival[keep] - arrival[0]) * 1e-9
+    results["pose_trace"] = [[round(float(t), 2), int(i), round(float(e) * 100, 2),
+                              [round(float(v), 4) for v in p], [round(float(v), 4) for v in q]]
+                             for t, i, e, p, q in zip(t_rel, idx[keep], err, est, ref)]
     a_keep = arrival[keep]
     # the moments recon_node applied a refiner correction (its log line carries the wall-clock stamp)
     for line in log.splitlines():
