@@ -207,6 +207,30 @@ def test_photometric_term_tracks_along_a_textured_plane():
     assert errors[0.0] > 3 * errors[0.1]
 
 
+def test_an_intensity_residual_far_above_the_recent_frames_fails_tracking():
+    """A pose slid along the walls fits the depth as well as the true one; only its intensity
+    residual, several times that of the frames tracked before it, gives it away."""
+    import dataclasses
+    room = BoxRoom(half=(50.0, 50.0, 2.0), boxes=[])
+    w, h = 96, 72
+    K = camera(w, h)
+    fe = RGBDFrontend(MappingConfig())
+    for i in range(12):
+        T = make_T(np.eye(3), [0.02 * i, 0.01 * i, 0.0])
+        rgb, d = room.render(K, T, w, h)
+        fe.step(Frame(stamp_ns=i * 33_333_333, rgb=rgb, K=K, index=i, depth=d))
+    good = fe._last
+    assert fe.status.state == "tracking" and np.isfinite(good.photometric_rms)
+    typical = float(np.median(fe._photometric))
+    assert fe._failure_reason(good, good.T_world_cam) is None
+    slid = dataclasses.replace(good, photometric_rms=max(6 * typical, 0.07))
+    assert slid.photometric_rms < fe.config.tracking.max_photometric_rms  # the absolute check passes it
+    reason = fe._failure_reason(slid, good.T_world_cam)
+    assert reason is not None and "median" in reason
+    fe.config.tracking.photometric_ratio = 0.0  # off
+    assert fe._failure_reason(slid, good.T_world_cam) is None
+
+
 def test_noise_weighting_favours_the_precise_near_readings():
     """Depth noise growing with depth squared: weighting residuals by their inverse variance
     (``noise_power`` 2) tracks more accurately than weighting them alike."""

@@ -35,7 +35,7 @@ import functools
 import logging
 import math
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Callable, Optional
 
 import numpy as np
@@ -54,6 +54,11 @@ from recon_ros.mapping.tracking import (PyramidLevel, TrackResult, build_pyramid
 log = logging.getLogger(__name__)
 
 CONF_REF_DEPTH_M = 2.0
+# tracking.photometric_ratio compares a frame's intensity residual with the median of this many
+# recently tracked frames (once a sixth of them are there), and never fails one below this share
+# of tracking.max_photometric_rms (a moving object in view raises the residual of a good pose).
+PHOTOMETRIC_HISTORY = 30
+PHOTOMETRIC_FLOOR = 0.5
 
 
 def depth_confidence(z: np.ndarray) -> np.ndarray:
@@ -111,6 +116,7 @@ class RGBDFrontend(Frontend):
         self._map_ids: frozenset[int] = frozenset()  # database keyframes of a loaded map
         self._map_models: OrderedDict[int, tuple[np.ndarray, list[PyramidLevel]]] = OrderedDict()
         self._deferred: list[Callable[[], None]] = []  # left by a step for finish_step()
+        self._photometric = deque(maxlen=PHOTOMETRIC_HISTORY)  # intensity RMS of tracked frames
 
     @property
     def _noise_power(self) -> float:
@@ -239,6 +245,8 @@ class RGBDFrontend(Frontend):
         tc = self.config.tracking
         T = res.T_world_cam
         self._accept(T, frame.stamp_ns)
+        if np.isfinite(res.photometric_rms):
+            self._photometric.append(float(res.photometric_rms))
         self._status = status if status is not None else self._status.found()
         T_ref = self._model[-1][0]
         dt, dr = pose_delta(T_ref, T)
@@ -439,6 +447,13 @@ class RGBDFrontend(Frontend):
             return f"residual {res.rms_m:.3f} m > {tc.max_residual_m} m"
         if tc.photometric_weight > 0 and res.photometric_rms > tc.max_photometric_rms:
             return f"intensity residual {res.photometric_rms:.3f} > {tc.max_photometric_rms}"
+        if (tc.photometric_weight > 0 and tc.photometric_ratio > 0
+                and len(self._photometric) >= PHOTOMETRIC_HISTORY // 6):
+            typical = float(np.median(self._photometric))
+            limit = max(tc.photometric_ratio * typical, PHOTOMETRIC_FLOOR * tc.max_photometric_rms)
+            if res.photometric_rms > limit:
+                return (f"intensity residual {res.photometric_rms:.3f} > {tc.photometric_ratio:g} x "
+                        f"{typical:.3f}, the recent tracked frames' median")
         jt, jr = pose_delta(T_pred, res.T_world_cam)
         if jt > tc.max_jump_m or jr > tc.max_jump_deg:
             return f"pose jumped {jt:.2f} m / {jr:.1f} deg from its prediction"

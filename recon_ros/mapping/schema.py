@@ -98,6 +98,12 @@ class TrackingConfig:
                                        "walls aligned to the wrong walls match in depth but "
                                        "not in appearance (needs photometric_weight > 0)",
                                        min=1e-3, max=1.0)
+    photometric_ratio: float = param(4.0, "tracking also fails when the RMS intensity residual "
+                                     "exceeds this multiple of its median over the recently "
+                                     "tracked frames (and half of max_photometric_rms): "
+                                     "a pose slid along the walls of a room fits the depth "
+                                     "perfectly and the image much worse than the frames "
+                                     "before it (0: off)", min=0.0, max=100.0)
     min_valid_fraction: float = param(0.05, "frames with less valid depth than this fraction "
                                       "of the image are not tracked", min=0.0, max=1.0)
     gap_s: float = param(1.0, "a time gap between consecutive frames above this (seconds) "
