@@ -88,3 +88,36 @@ def test_the_anchor_uses_the_mounting_only_with_a_base_frame(base_frame):
     pub.observe_input(SimpleNamespace(frame_id="cam", extras={"T_base_cam": mount}, T_odom_cam=None, stamp_ns=1))
     expected = mount if base_frame else map_from_optical()
     np.testing.assert_allclose(pub.anchor(1), expected, atol=1e-12)
+
+
+def test_map_cadence_rates_rest_and_coalescing():
+    """MapCadence: outputs due by their rates and only when changed; after a slow extraction
+    the periodic ones rest (duty), forced ones do not; a waiting job is merged into the next."""
+    from recon_ros.pipeline.outputs import MapCadence, MapJob
+
+    now = [100.0]
+    cad = MapCadence(duty=0.25, rest_after_s=0.1, clock=lambda: now[0])
+    s = 1_000_000_000
+    B = 100 * s
+    assert cad.due(B, 1.0, 0.1, True, True, anchored=False) == (True, False)  # products need the anchor
+    assert cad.due(B + s // 2, 1.0, 0.1, True, True, anchored=True) == (False, True)  # cloud not due yet
+    assert cad.due(B + 2 * s, 1.0, 0.1, False, True, anchored=True) == (False, False)  # unchanged / not due
+    assert cad.due(B + 2 * s, 1.0, 0.1, True, True, anchored=True) == (True, False)
+    cad.ran(2.0)  # a slow extraction: the next periodic job waits 6 s
+    assert cad.due(B + 5 * s, 1.0, 0.1, True, True, anchored=True) == (False, False)
+    assert cad.due(B + 5 * s, 1.0, 0.1, False, False, anchored=True, force=True) == (True, True)
+    now[0] += 6.5
+    assert cad.due(B + 6 * s, 1.0, 0.1, True, False, anchored=True) == (True, False)
+    cad.ran(0.05)  # a quick one: no rest
+    assert cad.due(B + 7 * s, 1.0, 0.1, True, False, anchored=True) == (True, False)
+    first = cad.hand_over(MapJob(None, 1, None, "map", cloud=False, products=True))
+    second = cad.hand_over(MapJob(None, 2, None, "map", cloud=True, products=False))
+    assert second.cloud and second.products  # the waiting job's products are kept
+    cad.started(first)  # an older job being taken leaves the newest waiting
+    third = cad.hand_over(MapJob(None, 3, None, "map", cloud=False, products=False))
+    assert third.cloud and third.products
+    cad.started(third)
+    fourth = cad.hand_over(MapJob(None, 4, None, "map", cloud=False, products=False))
+    assert not (fourth.cloud or fourth.products)
+    cad.reset()
+    assert cad.due(B + 7 * s, 1.0, 0.1, True, True, anchored=True) == (True, True)

@@ -17,8 +17,9 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
-from typing import Any, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 import numpy as np
 
@@ -126,6 +127,72 @@ class TrackingMonitor:
             streak, self.lost_streak = self.lost_streak, 0
             return TrackingChange("recovered", streak)
         return None
+
+
+class MapCadence:
+    """When the map outputs are due, for a caller that extracts them on a thread of their own
+    (recon_node's products thread).
+
+    The thread that processes frames asks :meth:`due` after each frame and hands the job over
+    with :meth:`hand_over`; a job not yet started is merged into the newer one. The extracting
+    thread calls :meth:`started` and :meth:`ran`: after a periodic job that took ``d`` seconds
+    (more than ``rest_after_s``; shorter ones cost little) the next periodic one waits
+    ``d * (1 / duty - 1)``, so that extraction keeps to ``duty`` of the time. Forced jobs (a
+    save, a reset, a correction) never wait. Both sides' state is under one lock."""
+
+    def __init__(self, duty: float = 0.25, rest_after_s: float = 0.1,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.duty, self.rest_after_s, self._clock = duty, rest_after_s, clock
+        self._lock = threading.Lock()
+        self._last_cloud_ns = 0
+        self._last_products_ns = 0
+        self._rest_until = 0.0
+        self._waiting: Optional[MapJob] = None
+
+    def reset(self) -> None:
+        """A new map: both outputs are due at the next frame."""
+        with self._lock:
+            self._last_cloud_ns = self._last_products_ns = 0
+
+    def due(self, now_ns: int, cloud_rate_hz: float, products_rate_hz: float, map_dirty: bool,
+            products_dirty: bool, anchored: bool, force: bool = False) -> tuple[bool, bool]:
+        """(cloud, products) to publish now, by the rates, what changed and the rest; counted
+        as published when due. Products need the anchor (a first estimate)."""
+        def at_rate(rate: float, last: int) -> bool:
+            return rate > 0 and (now_ns - last >= 1e9 / rate or now_ns < last)
+
+        with self._lock:
+            cloud = force or (map_dirty and at_rate(cloud_rate_hz, self._last_cloud_ns))
+            products = anchored and (force or (products_dirty and at_rate(products_rate_hz, self._last_products_ns)))
+            if not (cloud or products) or (not force and self._clock() < self._rest_until):
+                return False, False
+            if cloud:
+                self._last_cloud_ns = now_ns
+            if products:
+                self._last_products_ns = now_ns
+            return cloud, products
+
+    def hand_over(self, job: "MapJob") -> "MapJob":
+        """The job to submit: ``job``, also publishing what a job still waiting was to publish."""
+        with self._lock:
+            waiting = self._waiting
+            if waiting is not None:
+                job.cloud |= waiting.cloud
+                job.products |= waiting.products
+            self._waiting = job
+        return job
+
+    def started(self, job: "MapJob") -> None:
+        """The extracting thread took ``job``: it is no longer waiting."""
+        with self._lock:
+            if self._waiting is job:
+                self._waiting = None
+
+    def ran(self, seconds: float) -> None:
+        """The extracting thread finished a job that took ``seconds``."""
+        if seconds > self.rest_after_s:
+            with self._lock:
+                self._rest_until = self._clock() + seconds * (1.0 / self.duty - 1.0)
 
 
 @dataclass

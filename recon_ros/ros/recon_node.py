@@ -55,7 +55,8 @@ from recon_ros.errors import UserInputError
 from recon_ros.io import messages as M
 from recon_ros.io.atomic import atomic_path
 from recon_ros.io.frames import FrameDecoder
-from recon_ros.pipeline.outputs import MapJob, PublishOptions, ResultPublisher, TrackingChange, publish_map_job
+from recon_ros.pipeline.outputs import (MapCadence, MapJob, PublishOptions, ResultPublisher, TrackingChange,
+                                       publish_map_job)
 from recon_ros.ros import convert, params, qos
 from recon_ros.ros import tf as rtf
 from recon_ros.ros.schema import NodeSchema, ReconNodeConfig, recon_node_schema
@@ -127,14 +128,6 @@ class RosSink:
 
 
 @dataclass
-class _MapCadence:
-    """When the map outputs were last published (worker thread: its ``_maybe_publish_map``)."""
-
-    last_cloud_ns: int = 0
-    last_products_ns: int = 0
-
-
-@dataclass
 class _InputState:
     """Input-side bookkeeping (the input callback group only)."""
 
@@ -157,10 +150,7 @@ class ReconNode(LifecycleNode):
         self._worker: Optional[GpuWorker] = None
         # extracts ~/map_cloud, ~/map_mesh and ~/occupancy from snapshots, beside the worker
         self._map_worker: Optional[GpuWorker] = None
-        self._map_job_lock = threading.Lock()
-        self._map_job_waiting: Optional[MapJob] = None
         self._published_points = 0  # of the latest ~/map_cloud (written by the products thread)
-        self._map_rest_until = 0.0  # monotonic time before which no periodic map job starts (products thread writes)
         # Names never shadow rclpy's own Node/LifecycleNode attributes (_timers, _services, ...):
         # test_ros_attributes checks that.
         self._pubs: dict[str, Any] = {}
@@ -181,7 +171,7 @@ class ReconNode(LifecycleNode):
         # has been published, the map's publication times
         self._decoder = FrameDecoder()
         self._out: Optional[ResultPublisher] = None
-        self._map_cadence = _MapCadence()
+        self._map_cadence = MapCadence(MAP_DUTY, MAP_REST_AFTER_S)  # the worker's and the products thread's
         self._stats_snapshot: dict = {}  # written by the worker, read by diagnostics
         # set by activate (executor thread), taken by the worker before its next frame: the
         # frontend then treats that frame as following a pause in processing
@@ -273,7 +263,7 @@ class ReconNode(LifecycleNode):
             self._tf_static_pub = tf2_ros.StaticTransformBroadcaster(self)
         sink = RosSink(self._msg, self._pubs, lambda: self.ros.publish, self._tf_pub, self._tf_static_pub)
         self._out = ResultPublisher(sink, r.frames, lambda: PublishOptions.of(self.ros.publish), self._now_ns)
-        self._map_cadence = _MapCadence()
+        self._map_cadence = MapCadence(MAP_DUTY, MAP_REST_AFTER_S)
         self._decoder = FrameDecoder(undistort=r.input.undistort)
         self._worker = GpuWorker(self._process, name="recon_gpu", on_error=self._on_worker_error)
         self._worker.start()
@@ -758,50 +748,27 @@ class ReconNode(LifecycleNode):
                                    f"({self._out.tracking.state})")
 
     def _maybe_publish_map(self, force: bool = False) -> None:
-        """When due, snapshot the volume (worker thread: it owns the core) and hand it to the
-        products thread: ~/map_cloud at publish.map_cloud_rate_hz, ~/map_mesh and ~/occupancy
-        at publish.products_rate_hz (both at once when ``force``). Extraction takes seconds on
-        large maps; it never holds up the frames."""
+        """When due (``MapCadence``), snapshot the volume (worker thread: it owns the core) and
+        hand it to the products thread: ~/map_cloud at publish.map_cloud_rate_hz, ~/map_mesh
+        and ~/occupancy at publish.products_rate_hz (both at once when ``force``). Extraction
+        takes seconds on large maps; it never holds up the frames."""
         if self._recon is None or self._map_worker is None:
             return
-        now = self._now_ns()
-        out, pub, when = self._out, self.ros.publish, self._map_cadence
-
-        def due(rate: float, last: int) -> bool:
-            return rate > 0 and (now - last >= 1e9 / rate or now < last)
-
-        cloud = force or (out.map_dirty and due(pub.map_cloud_rate_hz, when.last_cloud_ns))
-        products = out.T_map_recon is not None and (
-            force or (out.products_dirty and due(pub.products_rate_hz, when.last_products_ns)))
-        if not (cloud or products):
-            return
-        if not force and time.monotonic() < self._map_rest_until:
-            return  # the products thread keeps to its share of the CPU (MAP_DUTY)
-        if cloud:
-            when.last_cloud_ns = now
-        if products:
-            when.last_products_ns = now
-        job = out.map_job(self._recon.map_snapshot(), now, cloud, products)
-        with self._map_job_lock:  # a job not yet started is replaced; what it was to publish is kept
-            waiting = self._map_job_waiting
-            if waiting is not None:
-                job.cloud |= waiting.cloud
-                job.products |= waiting.products
-            self._map_job_waiting = job
-        self._map_worker.submit(job)
+        now, out, pub = self._now_ns(), self._out, self.ros.publish
+        cloud, products = self._map_cadence.due(now, pub.map_cloud_rate_hz, pub.products_rate_hz, out.map_dirty,
+                                                out.products_dirty, out.T_map_recon is not None, force)
+        if cloud or products:
+            job = out.map_job(self._recon.map_snapshot(), now, cloud, products)
+            self._map_worker.submit(self._map_cadence.hand_over(job))
 
     def _publish_map_job(self, job: MapJob) -> None:
         """Extract and publish the map outputs of one snapshot (products thread)."""
-        with self._map_job_lock:
-            if self._map_job_waiting is job:
-                self._map_job_waiting = None
+        self._map_cadence.started(job)
         t0 = time.monotonic()
         try:
             self._extract_and_publish(job)
         finally:
-            end = time.monotonic()
-            if end - t0 > MAP_REST_AFTER_S:
-                self._map_rest_until = end + (end - t0) * (1.0 / MAP_DUTY - 1.0)
+            self._map_cadence.ran(time.monotonic() - t0)
 
     def _extract_and_publish(self, job: MapJob) -> None:
         points = publish_map_job(job, self._out.sink)  # the sink is immutable: any thread
@@ -815,7 +782,7 @@ class ReconNode(LifecycleNode):
     def _do_reset(self, reason: str) -> None:
         self._recon.reset()
         self._out.reset()
-        self._map_cadence = _MapCadence()
+        self._map_cadence.reset()
         self._decoder.reset()
         self._maybe_publish_map(force=True)  # an empty latched cloud clears RViz
         # an empty ~/keyframe_poses starts a new session in recon_refiner (it drops its keyframes)
