@@ -427,7 +427,7 @@ class Reconstructor:
                 self._kf_raw[kf.id] = [np.array(est.T_world_cam, dtype=np.float64), s, s]
                 self._keyframes[kf.id] = kf
                 self._kf_segment[kf.id] = self.frontend.status.segment
-                result.deferred.append(functools.partial(self._add_keyframe, kf))
+                result.deferred.append(functools.partial(self.map.add_keyframe, kf))
                 result.new_keyframes.append(kf)
                 anchor = kf.id
             entry = _TrajEntry(est.stamp_ns, np.array(est.T_world_cam, dtype=np.float64), anchor, s,
@@ -439,9 +439,6 @@ class Reconstructor:
                 result.deferred.append(functools.partial(self._fuse, scaled, result))
             result.estimates.append(scaled)
         return result
-
-    def _add_keyframe(self, kf: Keyframe) -> None:
-        self.map.add_keyframe(kf)
 
     def _fuse(self, est: FrameEstimate, result: StepResult) -> None:
         if self.surface.integrate(est):

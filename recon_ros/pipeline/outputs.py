@@ -309,7 +309,7 @@ class ResultPublisher:
         opts = self.options()
         for est in result.estimates:
             if getattr(est, "tracking_ok", True):
-                self.publish_estimate(est, final=True, opts=opts, products=False)
+                self.publish_estimate(est, final=True, opts=opts)
         prov = result.provisional
         if prov is not None and opts.provisional_pose and getattr(prov, "tracking_ok", True):
             self.publish_estimate(prov, final=False, opts=opts)
@@ -366,11 +366,9 @@ class ResultPublisher:
                     self.types, self.T_map_recon, f.map_frame, f.recon_frame, stamp_ns), stamp_ns)
         return self.T_map_recon
 
-    def publish_estimate(self, est: Any, final: bool, opts: Optional[PublishOptions] = None,
-                         products: bool = True) -> None:
-        """Pose, odometry and TF (from the final estimates, or from the provisional one with
-        ``provisional_pose``), then (with ``products``) a final estimate's frame cloud, depth
-        and confidence."""
+    def publish_estimate(self, est: Any, final: bool, opts: Optional[PublishOptions] = None) -> None:
+        """Pose, odometry and TF of an estimate: of the final ones, or of the provisional one with
+        ``provisional_pose`` (its frame products: :meth:`publish_frame_products`)."""
         self._own()
         opts = opts or self.options()
         f, t, sink = self.frames, self.types, self.sink
@@ -386,8 +384,6 @@ class ResultPublisher:
                 sink.emit("odom", M.make_odometry(t, o.T_map_base, f.map_frame, o.child, stamp), stamp)
             if o.tf is not None and sink.wants("tf"):
                 sink.emit("tf", M.make_transform_stamped(t, o.tf[2], o.tf[0], o.tf[1], stamp), stamp)
-        if final and products:
-            self.publish_frame_products(est, opts)
 
     def publish_frame_products(self, est: Any, opts: Optional[PublishOptions] = None) -> None:
         """A final estimate's frame cloud, depth and confidence images (those enabled and wanted)."""
