@@ -62,6 +62,21 @@ def test_replacement_only_where_checks_pass(textured):
         np.testing.assert_allclose(z, r.depth[r.replaced], rtol=1e-5)
 
 
+def test_the_sweep_in_passes_equals_the_sweep_at_once(textured):
+    """Hypotheses swept a few at a time (bounded working memory) give the one-pass result."""
+    _, noisy, _ = textured
+    ref, srcs = noisy[3], [noisy[1], noisy[2], noisy[4], noisy[5]]
+    poses = [kf.T_world_cam for kf in srcs]
+    at_once = DepthRefiner(MvsConfig(device="cpu", hypotheses_per_pass=16)).sweep(ref, srcs, ref.T_world_cam, poses)
+    for per_pass in (1, 3):
+        passes = DepthRefiner(MvsConfig(device="cpu", hypotheses_per_pass=per_pass)).sweep(
+            ref, srcs, ref.T_world_cam, poses)
+        np.testing.assert_array_equal(passes.photometric_ok, at_once.photometric_ok)
+        assert passes.photometric_ok.mean() > 0.2
+        np.testing.assert_allclose(passes.depth, at_once.depth, rtol=1e-6, equal_nan=True)
+        np.testing.assert_allclose(passes.confidence, at_once.confidence, atol=1e-6)
+
+
 @pytest.mark.slow
 def test_untextured_wall_is_never_replaced():
     room = BoxRoom(seed=4, flat_walls=(5,))

@@ -221,7 +221,7 @@ class DepthRefiner:
         r_mean = _box(I_r, k)
         r_var = (_box(I_r * I_r, k) - r_mean ** 2).clamp_min(0.0)
         textured = r_var[0, 0] >= cfg.min_texture ** 2
-        costs = []
+        views = []  # per source: image, mask, and the ray term of the projection (chunk-independent)
         for s_kf, T_s in zip(sources, T_src):
             g, Ks = _capped(s_kf, cfg.max_side, blur)
             Hs, Ws = g.shape
@@ -234,29 +234,19 @@ class DepthRefiner:
             A = torch.from_numpy(Ks @ M[:3, :3]).to(dev, torch.float32)
             b = torch.from_numpy(Ks @ M[:3, 3]).to(dev, torch.float32)
             base = torch.einsum("ij,jhw->ihw", A, ray_t)  # (3, h, w)
-            # point at depth d: A (d ray) + b  ->  homogeneous pixel  d * base + b
-            hom = (1.0 / inv_h)[:, None] * base[None] + b[None, :, None, None]  # (D, 3, h, w)
-            z = hom[:, 2]
-            u = hom[:, 0] / z.clamp_min(1e-6)
-            v = hom[:, 1] / z.clamp_min(1e-6)
-            inside = (z > 1e-6) & (u >= 0) & (u <= Ws - 1) & (v >= 0) & (v <= Hs - 1)
-            grid = _norm_grid(u, v, Ws, Hs).reshape(1, D * h, w, 2)
-            warped = F.grid_sample(I_s, grid, mode="bilinear", padding_mode="border",
-                                   align_corners=False).reshape(D, 1, h, w)
-            valid = inside.to(torch.float32)[:, None]
-            if smask is not None:
-                masked = F.grid_sample(smask, grid, mode="nearest", padding_mode="border",
-                                       align_corners=False).reshape(D, 1, h, w)
-                valid = valid * (1.0 - masked)
-            s_mean = _box(warped, k)
-            s_var = (_box(warped * warped, k) - s_mean ** 2).clamp_min(0.0)
-            cov = _box(warped * I_r, k) - s_mean * r_mean
-            zncc = cov / torch.sqrt(s_var * r_var + 1e-6)
-            ok = (_box(valid, k) > 0.999) & (s_var >= cfg.min_texture ** 2)
-            costs.append(torch.where(ok, 1.0 - zncc, torch.full_like(zncc, INVALID_COST))[:, 0])
-        C = torch.stack(costs, 0)  # (S, D, h, w)
-        kb = min(cfg.best_k, C.shape[0])
-        photo = torch.sort(C, dim=0)[0][:kb].mean(0)  # (D, h, w)
+            views.append((I_s, smask, base, b))
+        kb = min(cfg.best_k, len(views))
+        photo = torch.empty((D, h, w), dtype=torch.float32, device=dev)
+        # The hypotheses are swept a few at a time: the working memory of a pass is about
+        # 70 floats per pixel and hypothesis, whatever the number of hypotheses.
+        step = max(1, cfg.hypotheses_per_pass)
+        for d_lo in range(0, D, step):
+            depths = 1.0 / inv_h[d_lo:d_lo + step]
+            costs = [self._zncc_cost(depths, I_s, smask, base, b, I_r, r_mean, r_var)
+                     for I_s, smask, base, b in views]
+            C = torch.stack(costs, 0)  # (S, d, h, w)
+            photo[d_lo:d_lo + step] = torch.sort(C, dim=0)[0][:kb].mean(0)
+            del costs, C
         log_ratio = torch.log((1.0 / inv_h) / d0t[None]).abs() / beta
         total = photo + cfg.prior_weight * log_ratio
         best = torch.argmin(total, dim=0)  # (h, w)
@@ -295,6 +285,37 @@ class DepthRefiner:
         depth_np = torch.where(ok, depth, torch.full_like(depth, float("nan"))).cpu().numpy().astype(np.float32)
         return SweepResult(depth_np, zncc_best.cpu().numpy().astype(np.float32), ok.cpu().numpy(),
                            conf.cpu().numpy().astype(np.float32), stats)
+
+    def _zncc_cost(self, depths: torch.Tensor, I_s: torch.Tensor, smask: Optional[torch.Tensor],
+                   base: torch.Tensor, b: torch.Tensor, I_r: torch.Tensor, r_mean: torch.Tensor,
+                   r_var: torch.Tensor) -> torch.Tensor:
+        """1 - ZNCC of the reference against one source at the hypothesis ``depths`` (d, h, w);
+        ``INVALID_COST`` where the window leaves the source, is masked or lacks texture."""
+        cfg, k = self.cfg, self.cfg.window
+        d, h, w = depths.shape
+        Hs, Ws = I_s.shape[-2:]
+        # point at depth z: A (z ray) + b  ->  homogeneous pixel  z * base + b
+        hom = depths[:, None] * base[None] + b[None, :, None, None]  # (d, 3, h, w)
+        z = hom[:, 2]
+        u = hom[:, 0] / z.clamp_min(1e-6)
+        v = hom[:, 1] / z.clamp_min(1e-6)
+        inside = (z > 1e-6) & (u >= 0) & (u <= Ws - 1) & (v >= 0) & (v <= Hs - 1)
+        grid = _norm_grid(u, v, Ws, Hs).reshape(1, d * h, w, 2)
+        del hom, z, u, v
+        warped = F.grid_sample(I_s, grid, mode="bilinear", padding_mode="border",
+                               align_corners=False).reshape(d, 1, h, w)
+        valid = inside.to(torch.float32)[:, None]
+        if smask is not None:
+            masked = F.grid_sample(smask, grid, mode="nearest", padding_mode="border",
+                                   align_corners=False).reshape(d, 1, h, w)
+            valid = valid * (1.0 - masked)
+        del grid
+        s_mean = _box(warped, k)
+        s_var = (_box(warped * warped, k) - s_mean ** 2).clamp_min(0.0)
+        cov = _box(warped * I_r, k) - s_mean * r_mean
+        zncc = cov / torch.sqrt(s_var * r_var + 1e-6)
+        ok = (_box(valid, k) > 0.999) & (s_var >= cfg.min_texture ** 2)
+        return torch.where(ok, 1.0 - zncc, torch.full_like(zncc, INVALID_COST))[:, 0]
 
     # -----------------------------------------------------------------------------------------
     def geometric_check(self, ref: Keyframe, depth: np.ndarray, sources: Sequence[Keyframe],

@@ -90,6 +90,8 @@ class MvsConfig:
     num_sources: int = param(4, "source keyframes per reference", min=1, max=10)
     best_k: int = param(2, "average the best k source costs per hypothesis", min=1, max=10)
     num_hypotheses: int = param(16, "depth hypotheses per pixel (uniform in inverse depth)", min=4, max=256)
+    hypotheses_per_pass: int = param(4, "hypotheses swept at once: bounds the sweep's working memory "
+                                     "(about 280 bytes per grid pixel and hypothesis of a pass)", min=1, max=256)
     band: float = param(0.15, "relative half-width of the depth band around the prior", min=0.01, max=1.0)
     window: int = param(5, "ZNCC window side in pixels (odd)", min=3, max=15)
     prior_weight: float = param(0.05, "weak pull towards the prior depth", min=0.0, max=10.0)
