@@ -266,6 +266,7 @@ def main() -> int:
     results["refiner_rss_mb"] = {"first": round(rss[0], 1) if rss else None,
                                  "max_sampled": round(max(rss), 1) if rss else None,
                                  "stage_peaks_mib": stage_peaks, "cap_mb": args.refiner_cap_mb,
+                                 "stages": re.findall(r"(?:align|refine): [^\n]*resident \d+ -> peak \d+ MiB\)", log),
                                  "memory_cap_log": re.findall(r"memory cap: [^\n]*|skipped: [^\n]*", log)}
     text = json.dumps(results, indent=2, default=str)
     print(text)

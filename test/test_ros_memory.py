@@ -59,5 +59,16 @@ def test_budget_is_headroom_under_the_cap():
     assert cap.headroom() == -250 * MIB and cap.store_budget(100 * MIB) == 0
 
 
+def test_a_stage_is_charged_its_fixed_part_only():
+    cap = MemoryCap(1000 * MIB, 100 * MIB, probe=lambda: 300 * MIB, per_keyframe_bytes=4 * MIB)
+    cap.measure()
+    assert cap.headroom(50) == (1000 - 100 - 200 - 300) * MIB  # 50 keyframes x 4 MiB
+    # 450 MiB rise on 50 keyframes while the store took in 30 MiB: 450 - 30 - 200 = 220 fixed
+    cap.learn(before=300 * MIB, peak=750 * MIB, keyframes=50, store_growth=30 * MIB)
+    assert cap.reserve == 220 * MIB and cap.peak_rss == 750 * MIB
+    cap.learn(before=300 * MIB, peak=600 * MIB, keyframes=10, store_growth=-5 * MIB)  # 260 fixed
+    assert cap.reserve == 260 * MIB
+
+
 def test_zero_cap_disables_the_budget():
     assert MemoryCap(0, 100 * MIB, probe=lambda: 123).store_budget(0) is None

@@ -43,18 +43,23 @@ def make(ros, factory=None, overrides=None, core_cls=FakeCoreConfig, **fake):
     return node, made.get("r")
 
 
-def send_keyframes(node, n):
+def send_keyframes(node, n, first=0, side=None):
+    """Publish keyframes ``first`` .. ``first + n - 1`` to the node (``side``: a square grid of
+    that many points a side instead of the small test grid)."""
     from recon_ros.ros import convert
     from recon_ros.mapping.frame import Keyframe
     from recon_ros.geometry.camera import PixelMap
     pts = grid_points_cam()
+    if side is not None:
+        pts = np.resize(pts, (side, side, 3))
+    h, w = pts.shape[:2]
     poses = []
-    for i in range(n):
+    for i in range(first, first + n):
         s = 1_000_000_000 + i * 100_000_000
-        kf = Keyframe(id=i, stamp_ns=s, rgb=np.zeros((4, 5, 3), np.uint8), points_cam=pts,
-                      confidence=np.full((4, 5), 2.0, np.float32), colors=np.full((4, 5, 3), 9, np.uint8),
-                      K=K, K_image=K, pixel_map=PixelMap.identity(5, 4), T_world_cam=camera_pose(i),
-                      valid=np.ones((4, 5), bool))
+        kf = Keyframe(id=i, stamp_ns=s, rgb=np.zeros((h, w, 3), np.uint8), points_cam=pts,
+                      confidence=np.full((h, w), 2.0, np.float32), colors=np.full((h, w, 3), 9, np.uint8),
+                      K=K, K_image=K, pixel_map=PixelMap.identity(w, h), T_world_cam=camera_pose(i),
+                      valid=np.ones((h, w), bool))
         node.subscriptions["/keyframes"].callback(convert.keyframe_cloud(T, kf, CAM))
         node.subscriptions["/keyframe_info"].callback(convert.keyframe_info(T, kf, CAM))
         poses.append((s, camera_pose(i)))
@@ -210,12 +215,17 @@ def test_result_of_a_stage_started_before_a_reset_is_discarded(ros):
 MiB = 2 ** 20
 
 
-def make_capped(ros, cap_mib, reserve_mib, base_mib, kf_mib, **fake):
+def make_capped(ros, cap_mib, reserve_mib, base_mib, kf_mib, stage_kf_mib=0, **fake):
     """A refiner under a resident-memory cap, its RSS probed by FakeResidentMemory: the process
     holds ``base_mib`` plus what its keyframe store holds (each test keyframe counted as
-    ``kf_mib`` through the stages' per-keyframe cache estimate)."""
+    ``kf_mib`` through the stages' per-keyframe cache estimate); a stage needs ``stage_kf_mib``
+    per keyframe beside its reserve."""
     holder = {}
-    probe = FakeResidentMemory(base_mib * MiB, lambda: holder["node"]._store.nbytes() if "node" in holder else 0)
+    def held():  # what the store holds; a stage's per-keyframe share is held back, not resident
+        store = holder["node"]._store if "node" in holder else None
+        return store.nbytes() - stage_kf_mib * MiB * len(store) if store is not None else 0
+
+    probe = FakeResidentMemory(base_mib * MiB, held)
     made = {}
 
     def build(cfg):
@@ -225,9 +235,11 @@ def make_capped(ros, cap_mib, reserve_mib, base_mib, kf_mib, **fake):
     from rclpy.parameter import Parameter
     node = ros.RefinerNode(core_cls=FakeCoreConfig, refiner_factory=build, memory_probe=probe,
                            parameter_overrides=[Parameter(name="input.max_memory_mb", value=float(cap_mib)),
-                                                Parameter(name="input.stage_reserve_mb", value=float(reserve_mib))])
+                                                Parameter(name="input.stage_reserve_mb", value=float(reserve_mib)),
+                                                Parameter(name="input.stage_mb_per_keyframe",
+                                                          value=float(stage_kf_mib))])
     holder["node"] = node
-    node._store.extra_bytes_per_keyframe = kf_mib * MiB
+    node._store.extra_bytes_per_keyframe = (kf_mib + stage_kf_mib) * MiB
     return node, made["r"], probe
 
 
@@ -256,6 +268,36 @@ def test_memory_cap_learns_a_stages_working_memory(ros):
     assert probe() + node._memory.reserve <= 301 * MiB
     assert len(node._store) == 5 and sorted(refiner.cached) == sorted(node._store.ids())
     assert node._memory.peak_rss >= (100 + 150 + 150) * MiB  # the stage's peak was seen
+
+
+def test_keyframes_kept_leave_room_for_a_stage_on_each_of_them(ros):
+    # 300 MiB cap - 100 MiB reserve - 120 MiB resident = 80 MiB: 10 MiB per keyframe and 10 MiB
+    # of a stage's working memory per keyframe it runs on
+    node, refiner, _ = make_capped(ros, cap_mib=300, reserve_mib=100, base_mib=120, kf_mib=10, stage_kf_mib=10)
+    send_keyframes(node, 12)
+    assert len(node._store) == 3  # 3 x 20 MiB (+ arrays) <= 80 MiB < 4 x 20 MiB
+    assert node.services[f"{NS}/align"].call().success and node.wait(10.0)
+    assert refiner.calls and node.counts["skipped_for_memory"] == 0
+
+
+def test_keyframes_arriving_during_a_stage_are_not_charged_to_it(ros):
+    # the stage itself needs 20 MiB; meanwhile 10 keyframes of about 4.8 MiB arrive: the store
+    # grows by about 48 MiB, which is the store's, so the 50 MiB reserve is not raised
+    holder = {}
+
+    def stage():
+        send_keyframes(holder["node"], 10, first=5, side=512)
+        holder["probe"].hold_working(20 * MiB)
+
+    node, refiner, probe = make_capped(ros, cap_mib=800, reserve_mib=50, base_mib=100, kf_mib=0,
+                                       during_stage=stage)
+    holder["node"], holder["probe"] = node, probe
+    send_keyframes(node, 5, side=512)
+    grown_before = node._store.array_bytes()
+    assert node.services[f"{NS}/align"].call().success and node.wait(20.0)
+    assert len(node._store) == 15 and node._store.array_bytes() > grown_before + 45 * MiB
+    assert node._memory.peak_rss >= 100 * MiB + node._store.array_bytes()
+    assert node._memory.reserve == 50 * MiB
 
 
 def test_stage_skipped_when_the_process_alone_fills_the_cap(ros):

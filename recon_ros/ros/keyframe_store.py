@@ -32,7 +32,8 @@ class KeyframeStore:
     """Keyframes by stamp, bounded to ``max_keyframes`` and ``max_bytes`` (oldest dropped first).
 
     The byte bound counts the stored arrays plus ``extra_bytes_per_keyframe`` (what the refine
-    stages cache per keyframe: features, edges), so one cap in MiB bounds the refiner's memory.
+    stages cache and need per keyframe: features, edges, working memory), so one cap in MiB bounds
+    the refiner's memory.
     ``clear()`` starts a new session (``session`` counts them).
     """
 
@@ -60,10 +61,13 @@ class KeyframeStore:
     def _entry_bytes(e: _Entry) -> int:
         return sum(a.nbytes for a in (e.xyz, e.rgb, e.conf, e.K) if a is not None)
 
+    def array_bytes(self) -> int:
+        """Bytes of the kept keyframes' arrays."""
+        return sum(self._entry_bytes(e) for e in self._entries.values())
+
     def nbytes(self) -> int:
-        """Estimated memory of the kept keyframes, with the stages' per-keyframe caches."""
-        return sum(self._entry_bytes(e) for e in self._entries.values()) + \
-            self.extra_bytes_per_keyframe * len(self._entries)
+        """Memory charged to the kept keyframes: their arrays and ``extra_bytes_per_keyframe`` each."""
+        return self.array_bytes() + self.extra_bytes_per_keyframe * len(self._entries)
 
     def _evict(self) -> None:
         def over() -> bool:

@@ -4,8 +4,11 @@ The keyframe store counts its arrays, but the process also holds Python, torch a
 stages' caches and, while a stage runs, its working memory. :class:`MemoryCap` turns a cap on
 the resident memory into the store's byte budget and corrects it from measurements:
 
-* working memory: the largest rise of the resident set measured while a stage ran (at least
-  the initial reserve) is held back for the next stage;
+* working memory: a stage needs ``reserve`` plus ``per_keyframe`` for every keyframe it runs on.
+  ``reserve`` starts at a configured value and learns: the largest rise of the resident set
+  measured while a stage ran, less the stage's per-keyframe part and less what the keyframe
+  store took in meanwhile (keyframes keep arriving while a stage runs; they are the store's, not
+  the stage's);
 * the store's budget is recomputed after every stage from the resident set measured with the
   stage's memory given back: ``store bytes + (cap - reserve - resident)``, so whatever the
   estimate misses (allocator overhead, caches) is charged to the keyframes.
@@ -89,9 +92,11 @@ class MemoryCap:
 
     ``cap_bytes`` 0 disables the cap (the budget is None: keyframe count only)."""
 
-    def __init__(self, cap_bytes: int, reserve_bytes: int, probe: Callable[[], int] = rss_bytes) -> None:
+    def __init__(self, cap_bytes: int, reserve_bytes: int, probe: Callable[[], int] = rss_bytes,
+                 per_keyframe_bytes: int = 0) -> None:
         self.cap = int(cap_bytes)
         self.reserve = int(reserve_bytes)
+        self.per_keyframe = int(per_keyframe_bytes)
         self.probe = probe
         self.last_rss = 0
         self.peak_rss = 0
@@ -106,11 +111,14 @@ class MemoryCap:
         self.peak_rss = max(self.peak_rss, self.last_rss)
         return self.last_rss
 
-    def learn(self, before: int, peak: int) -> None:
-        """A stage raised the resident set from ``before`` to ``peak``: hold that much back."""
+    def learn(self, before: int, peak: int, keyframes: int = 0, store_growth: int = 0) -> None:
+        """A stage on ``keyframes`` keyframes raised the resident set from ``before`` to ``peak``
+        while the keyframe store grew by ``store_growth`` bytes: hold back what the stage used
+        beyond its per-keyframe part."""
         self.peak_rss = max(self.peak_rss, peak)
-        if before > 0 and peak > before:
-            self.reserve = max(self.reserve, int(peak - before))
+        if before > 0:
+            used = peak - before - max(0, int(store_growth)) - self.per_keyframe * int(keyframes)
+            self.reserve = max(self.reserve, int(used))
 
     def store_budget(self, store_bytes: int) -> Optional[int]:
         """Bytes the store may hold: what it holds plus the measured headroom under the cap.
@@ -122,6 +130,7 @@ class MemoryCap:
             return max(0, self.cap - self.reserve)
         return max(0, int(store_bytes) + self.cap - self.reserve - self.last_rss)
 
-    def headroom(self) -> int:
-        """Bytes left under the cap for a stage at the last measurement (negative: over)."""
-        return self.cap - self.reserve - self.last_rss
+    def headroom(self, keyframes: int = 0) -> int:
+        """Bytes left under the cap at the last measurement beside a stage on ``keyframes``
+        keyframes (negative: over)."""
+        return self.cap - self.reserve - self.per_keyframe * int(keyframes) - self.last_rss

@@ -112,10 +112,11 @@ class RefinerNode(Node):
                       f"will answer with this reason")
         r = self.ros
         self._memory = MemoryCap(int(r.input.max_memory_mb * MIB), int(r.input.stage_reserve_mb * MIB),
-                                 memory_probe)
+                                 memory_probe, int(r.input.stage_mb_per_keyframe * MIB))
         self._memory.measure()
+        # every kept keyframe is charged what the stages cache for it and what a stage needs for it
         self._store = KeyframeStore(r.input.max_keyframes, self._memory.store_budget(0),
-                                    cache_bytes_per_keyframe(self._schema.core))
+                                    cache_bytes_per_keyframe(self._schema.core) + self._memory.per_keyframe)
         if self._memory.enabled and self._memory.headroom() < 64 * MIB:
             log.warning(f"input.max_memory_mb {r.input.max_memory_mb:.0f} leaves "
                         f"{self._memory.headroom() / MIB:.0f} MiB for keyframes beside the node "
@@ -226,6 +227,11 @@ class RefinerNode(Node):
             keep = self._store.ids()
         self._refiner.forget(keep)
 
+    def _store_bytes(self) -> int:
+        """Bytes of the stored keyframe arrays (keyframes arrive while a stage runs)."""
+        with self._store_lock:
+            return self._store.array_bytes()
+
     def _fit_memory(self) -> tuple[int, int]:
         """Measure the resident set with dropped keyframes forgotten and free memory given back,
         and bound the store to what fits under the cap (stage thread). (resident, dropped)."""
@@ -252,17 +258,19 @@ class RefinerNode(Node):
                                        f"({before / MIB:.0f} MiB resident, cap "
                                        f"{self._memory.cap / MIB:.0f} MiB)")
             if self._memory.enabled and (len(keyframes) < self.ros.schedule.min_keyframes
-                                         or self._memory.headroom() < 0):
+                                         or self._memory.headroom(len(keyframes)) < 0):
                 self.counts["skipped_for_memory"] += 1
                 msg = (f"skipped: {before / MIB:.0f} MiB resident leaves no room for the stage "
-                       f"({self._memory.reserve / MIB:.0f} MiB) under input.max_memory_mb "
+                       f"({(self._memory.reserve + self._memory.per_keyframe * len(keyframes)) / MIB:.0f} "
+                       f"MiB on {len(keyframes)} keyframes) under input.max_memory_mb "
                        f"{self._memory.cap / MIB:.0f}")
                 self.last_result[stage] = msg
                 self.get_logger().warning(f"{stage} {msg}")
                 return
+            store_before = self._store_bytes()
             with PeakSampler(self._memory.probe) as peak:
                 msg = target(keyframes, session)
-            self._memory.learn(before, peak.peak)
+            self._memory.learn(before, peak.peak, len(keyframes), self._store_bytes() - store_before)
             self.last_result[stage] = msg
             self.get_logger().info(f"{stage}: {msg} ({(time.perf_counter() - t0):.1f} s; resident "
                                    f"{before / MIB:.0f} -> peak {peak.peak / MIB:.0f} MiB)")

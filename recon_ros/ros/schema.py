@@ -208,7 +208,11 @@ class RefinerInputConfig:
                                  "under it (measured); the oldest are dropped and forgotten by the "
                                  "stages beyond it; 0 = no cap (max_keyframes only)", min=0.0, max=1.0e6)
     stage_reserve_mb: float = param(192.0, "resident memory held back for a running stage until one "
-                                    "has run (then the most a stage has used)", min=0.0, max=1.0e6)
+                                    "has run (then the most a stage has used beyond its per-keyframe "
+                                    "part)", min=0.0, max=1.0e6)
+    stage_mb_per_keyframe: float = param(6.0, "a running stage's working memory per keyframe it runs on "
+                                         "(MiB; alignment's grows with the keyframes' matches), held "
+                                         "back beside every kept keyframe", min=0.0, max=1.0e4)
 
 
 @dataclass
