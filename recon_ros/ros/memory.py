@@ -10,8 +10,9 @@ the resident memory into the store's byte budget and corrects it from measuremen
   store took in meanwhile (keyframes keep arriving while a stage runs; they are the store's, not
   the stage's);
 * the store's budget is recomputed after every stage from the resident set measured with the
-  stage's memory given back: ``store bytes + (cap - reserve - resident)``, so whatever the
-  estimate misses (allocator overhead, caches) is charged to the keyframes.
+  stage's memory given back: ``store bytes + (cap - reserve - resident)`` (the store's bytes
+  without the stage's per-keyframe share, which is not resident), so whatever the estimate
+  misses (allocator overhead, caches) is charged to the keyframes.
 
 Pure Python (Linux ``/proc`` and glibc's ``malloc_trim``; elsewhere the resident set reads as
 unknown and the budget stays the configured cap minus the reserve).
@@ -120,15 +121,19 @@ class MemoryCap:
             used = peak - before - max(0, int(store_growth)) - self.per_keyframe * int(keyframes)
             self.reserve = max(self.reserve, int(used))
 
-    def store_budget(self, store_bytes: int) -> Optional[int]:
+    def store_budget(self, store_bytes: int, keyframes: int = 0) -> Optional[int]:
         """Bytes the store may hold: what it holds plus the measured headroom under the cap.
 
-        Without a measurement (``last_rss`` 0) the whole cap minus the reserve."""
+        ``store_bytes`` is what the store charges for its ``keyframes`` keyframes, a stage's
+        per-keyframe share included; that share is held back, not resident, so it is not in the
+        measured resident set. Without a measurement (``last_rss`` 0) the whole cap minus the
+        reserve."""
         if not self.enabled:
             return None
         if self.last_rss <= 0:
             return max(0, self.cap - self.reserve)
-        return max(0, int(store_bytes) + self.cap - self.reserve - self.last_rss)
+        resident = int(store_bytes) - self.per_keyframe * int(keyframes)
+        return max(0, resident + self.cap - self.reserve - self.last_rss)
 
     def headroom(self, keyframes: int = 0) -> int:
         """Bytes left under the cap at the last measurement beside a stage on ``keyframes``

@@ -239,7 +239,7 @@ class RefinerNode(Node):
         release_free_memory()
         rss = self._memory.measure()
         with self._store_lock:
-            dropped = self._store.set_budget(self._memory.store_budget(self._store.nbytes()))
+            dropped = self._store.set_budget(self._memory.store_budget(self._store.nbytes(), len(self._store)))
         if dropped:
             self._forget_dropped()
             release_free_memory()
