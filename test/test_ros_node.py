@@ -308,11 +308,11 @@ def test_frames_wait_for_tf_and_time_out(ros):
     feed(node, stamp(0))
     node._poll_tf()
     settle(node)
-    assert recon.processed == [] and len(node._tf_queue) == 1  # waiting, not blocking, not dropped
+    assert recon.processed == [] and node._intake.waiting == 1  # waiting, not blocking, not dropped
     assert not node._tf_timer.is_canceled()
     node.get_clock().set_ns(stamp(0) + 500_000_000)  # past the timeout
     node._poll_tf()
-    assert node.counters()["tf_timeouts"] == 1 and len(node._tf_queue) == 0
+    assert node.counters()["tf_timeouts"] == 1 and node._intake.waiting == 0
     assert node._tf_timer.is_canceled()
     assert any("tf_timeout_s" in m for m in node.get_logger().messages("warning"))
     # Now provide the mounting and odometry: the next frame goes through.

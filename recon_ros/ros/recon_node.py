@@ -5,7 +5,8 @@ listening; ``cleanup`` frees the GPU. With ``lifecycle.autostart`` (default) it 
 activates itself.
 
 Threads: subscription callbacks only match messages (approximate time) and queue them, never
-decode or infer; frames wait (without blocking) for the TF they need; one worker thread owns the
+decode or infer; frames wait (without blocking) for the TF they need (both in
+:class:`~recon_ros.ros.intake.FrameIntake`, owned by the input group); one worker thread owns the
 model and takes the newest frame when it is free (older ones are dropped and counted); services
 hand their work to that thread. Everything (inputs, TF listener, services, timers, lifecycle and
 parameter services) runs in the one MultiThreadedExecutor of ``main``: inputs, TF polling and the
@@ -31,7 +32,6 @@ import gc
 import os
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -59,15 +59,14 @@ from recon_ros.pipeline.outputs import (MapCadence, MapJob, PublishOptions, Resu
                                        publish_map_job)
 from recon_ros.ros import convert, params, qos
 from recon_ros.ros import tf as rtf
+from recon_ros.ros.intake import THROTTLE_S, FrameIntake, PendingFrame
 from recon_ros.ros.schema import NodeSchema, ReconNodeConfig, recon_node_schema
 from recon_ros.ros.spin import configure_process, init_rclpy, signals_request_shutdown, spin_until_shutdown
-from recon_ros.ros.stamps import (HealthInputs, JumpDetector, StampMonitor, free_gpu_memory,
-                                  gpu_memory_mb, health_summary)
+from recon_ros.ros.stamps import HealthInputs, free_gpu_memory, gpu_memory_mb, health_summary
 from recon_ros.ros.worker import GpuWorker
 
 TF_POLL_PERIOD_S = 0.01
 HOUSEKEEPING_PERIOD_S = 1.0
-THROTTLE_S = 5.0
 # The products thread may be busy at most this share of the time: after a job that took d
 # seconds (more than MAP_REST_AFTER_S; shorter ones cost little), the next periodic one waits
 # d * (1 / MAP_DUTY - 1). Forced ones (save, reset, correction) do not wait.
@@ -79,20 +78,6 @@ def default_reconstructor(cfg: Any) -> Any:
     """Build the core Reconstructor (imports torch and loads the model: seconds, GPU memory)."""
     from recon_ros.mapping.reconstructor import Reconstructor
     return Reconstructor(cfg)
-
-
-@dataclass
-class PendingFrame:
-    """Matched input messages of one frame, not yet decoded (decoding runs on the worker)."""
-
-    index: int
-    stamp_ns: int
-    frame_id: str
-    image: Any
-    info: Any = None
-    depth: Any = None
-    T_odom_cam: Optional[np.ndarray] = None
-    T_base_cam: Optional[np.ndarray] = None  # the camera mounting (from TF), when a base frame is set
 
 
 class RosSink:
@@ -127,13 +112,6 @@ class RosSink:
             self._pubs[key].publish(msg)
 
 
-@dataclass
-class _InputState:
-    """Input-side bookkeeping (the input callback group only)."""
-
-    T_base_cam: Optional[np.ndarray] = None  # the camera mounting, looked up once per session
-
-
 class ReconNode(LifecycleNode):
     """The reconstruction node; see the module docstring and docs/ros.md."""
 
@@ -162,11 +140,7 @@ class ReconNode(LifecycleNode):
         self._tf_listener: Any = None
         self._tf_pub: Any = None
         self._tf_static_pub: Any = None
-        self._matcher: Any = None
-        self._tf_queue: Optional[rtf.TfWaitQueue] = None
-        self._stamps = StampMonitor()
-        self._jumps = JumpDetector(tolerance_ns=0)
-        self._in = _InputState()
+        self._intake: Optional[FrameIntake] = None  # the input group's (made at configure)
         # the worker's (made at configure): the frame decoder (the session's image size), what
         # has been published, the map's publication times
         self._decoder = FrameDecoder()
@@ -179,9 +153,6 @@ class ReconNode(LifecycleNode):
         self._counts: collections.Counter = collections.Counter()
         self._count_lock = threading.Lock()
         self._active = False
-        self._paused = False
-        self._matched = 0
-        self._last_match_ns = 0
         self._activated_ns = 0
         self._timings: dict = {}
         self._last_autosave_ns = 0
@@ -227,8 +198,9 @@ class ReconNode(LifecycleNode):
         if self._worker is not None:
             st = self._worker.stats()
             out.update(dropped_busy=st.dropped, processed=st.processed, failed=st.failed)
-        if self._matcher is not None:
-            out.update(convert.matcher_counts(self._matcher))
+        matcher = self._intake.matcher if self._intake is not None else None
+        if matcher is not None:
+            out.update(convert.matcher_counts(matcher))
         return out
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -246,12 +218,8 @@ class ReconNode(LifecycleNode):
             self._release_model()
             return TransitionCallbackReturn.FAILURE
         r = self.ros
-        self._stamps = StampMonitor()
-        self._jumps = JumpDetector(tolerance_ns=int(r.frames.time_jump_tolerance_s * 1e9),
-                                   confirm=r.frames.time_jump_confirm_frames)
-        self._in = _InputState()
-        self._tf_queue = rtf.TfWaitQueue(timeout_ns=int(r.frames.tf_timeout_s * 1e9),
-                                         max_size=r.frames.max_waiting_frames)
+        self._intake = FrameIntake(lambda: self.ros, self._lookup, self._submit,
+                                   lambda: self._request_reset("time jumped backwards"), self._count, log)
         self._create_publishers()
         self._create_services()
         self._tf_buffer = tf2_ros.Buffer()
@@ -282,7 +250,6 @@ class ReconNode(LifecycleNode):
         compressed = r.image_transport == "compressed"
         secondaries = (["camera_info"] if r.use_camera_info else []) + (["depth"] if r.use_depth else [])
         names = ["image"] + secondaries
-        self._matcher = convert.make_matcher(secondaries, r.sync_slop_s, r.queue_size)
         profile = qos.input_qos(r.qos, r.queue_size)
         image_topic = "image/compressed" if compressed else "image"
         image_type = CompressedImage if compressed else Image
@@ -307,9 +274,7 @@ class ReconNode(LifecycleNode):
         self._tf_timer = self.create_timer(TF_POLL_PERIOD_S, self._poll_tf, callback_group=self._input_group)
         self._tf_timer.cancel()
         self._input_timers = [self._tf_timer, self._housekeeping_timer()]
-        self._stamps.reset()
-        self._jumps.reset()
-        self._last_match_ns = 0
+        self._intake.start(convert.make_matcher(secondaries, r.sync_slop_s, r.queue_size))
         self._activated_ns = self._now_ns()
         self._gap_pending.set()  # frames were not processed while inactive
         self._active = True
@@ -377,9 +342,8 @@ class ReconNode(LifecycleNode):
         for t in self._input_timers:
             self.destroy_timer(t)
         self._subs, self._input_timers, self._tf_timer = [], [], None
-        self._matcher = None
-        if self._tf_queue is not None:
-            self._tf_queue.clear()
+        if self._intake is not None:
+            self._intake.stop()
 
     def _teardown(self) -> bool:
         """Stop the worker and release publishers, services, TF and the model.
@@ -455,131 +419,47 @@ class ReconNode(LifecycleNode):
         return int(self.get_clock().now().nanoseconds)
 
     def _on_input(self, name: str, msg: Any) -> None:
-        self._count(f"received_{name}")
-        if not self._active or self._matcher is None:
+        intake = self._intake
+        if intake is None or not self._active:
+            self._count(f"received_{name}")
             return
-        try:
-            stamp = convert.stamp_to_ns(msg.header.stamp)
-        except (AttributeError, TypeError, ValueError):
-            self._count("bad_messages")
-            return
-        verdict = self._jumps.check(name, stamp)
-        if verdict == "outlier":  # one late stamp (a live camera's hiccup) never wipes the map
-            self._count("stamp_outliers")
-            self.get_logger().warning(
-                f"skipped a '{name}' message stamped {(self._jumps.last(name) - stamp) * 1e-9:.2f} s before "
-                f"the previous one (a reset needs {self.ros.frames.time_jump_confirm_frames} in a row)",
-                throttle_duration_sec=THROTTLE_S)
-            return
-        if verdict == "jump":
-            self.get_logger().warning(
-                "input time jumped backwards (a bag restarted or looped?): resetting the map")
-            self._count("time_jumps")
-            self._request_reset("time jumped backwards")
-        for match in self._matcher.push(name, stamp, msg):
-            self._on_matched(match.items, match.stamp_ns)
-
-    def _on_matched(self, match: dict, stamp: int) -> None:
-        image = match["image"]
-        now = self._now_ns()
-        self._last_match_ns = now
-        self._stamps.observe(stamp, now)
-        self._count("matched")
-        if self._paused:
-            self._count("paused")
-            return
-        self._matched += 1
-        if (self._matched - 1) % self.ros.input.process_every_n:
-            self._count("skipped_every_n")
-            return
-        item = PendingFrame(index=self._matched - 1, stamp_ns=stamp, frame_id=str(image.header.frame_id),
-                            image=image, info=match.get("camera_info"), depth=match.get("depth"))
-        if self._needs_tf():
-            self._tf_queue.timeout_ns = int(self.ros.frames.tf_timeout_s * 1e9)
-            if self._tf_queue.push(item, stamp, now) is not None:
-                self._count("tf_queue_overflow")
-            self._poll_tf()
-        else:
-            self._submit(item)
+        intake.push(name, msg, self._now_ns())
+        self._tf_polling(intake.waiting > 0)
 
     def _submit(self, item: PendingFrame) -> None:
         if self._worker is not None:
             self._worker.submit(item)
-
-    def _needs_tf(self) -> bool:
-        f = self.ros.frames
-        return bool(f.odom_frame) or (bool(f.base_frame) and self._in.T_base_cam is None)
 
     def _lookup(self, target: str, source: str, stamp_ns: Optional[int]) -> Optional[np.ndarray]:
         """Transform source -> target at a stamp (None: latest), without waiting; None if unknown."""
         when = Time() if stamp_ns is None else Time(nanoseconds=stamp_ns)
         try:
             tf_msg = self._tf_buffer.lookup_transform(target, source, when)
-        except tf2_ros.TransformException:
+        except (tf2_ros.TransformException, AttributeError):  # AttributeError: torn down meanwhile
             return None
         return convert.transform_to_matrix(tf_msg)
 
-    def _tf_for(self, item: PendingFrame, stamp_ns: int) -> Optional[dict]:
-        f = self.ros.frames
-        out: dict = {}
-        if f.base_frame and self._in.T_base_cam is None:
-            T = self._lookup(f.base_frame, item.frame_id, None)
-            if T is None:
-                return None
-            out["T_base_cam"] = T
-        if f.odom_frame:
-            T = self._lookup(f.odom_frame, item.frame_id, stamp_ns)
-            if T is None:
-                return None
-            out["T_odom_cam"] = T
-        return out
-
     def _poll_tf(self) -> None:
-        """Submit the frames whose transforms arrived, drop those that waited too long (input
-        group); the poll timer runs while frames are left waiting."""
-        if self._tf_queue is None:
-            return
-        try:
-            self._release_tf_waiting()
-        finally:
-            timer = self._tf_timer
-            if timer is not None:
-                if not len(self._tf_queue):
-                    timer.cancel()
-                elif timer.is_canceled():
-                    timer.reset()
+        """The TF poll timer (input group): frames whose transforms arrived go to the worker."""
+        intake = self._intake
+        self._tf_polling(intake is not None and intake.poll_tf(self._now_ns()))
 
-    def _release_tf_waiting(self) -> None:
-        if not len(self._tf_queue):
+    def _tf_polling(self, on: bool) -> None:
+        """Run the TF poll timer only while frames wait for transforms."""
+        timer = self._tf_timer
+        if timer is None:
             return
-        ready, expired = self._tf_queue.poll(self._now_ns(), self._tf_for)
-        if expired:
-            self._count("tf_timeouts", len(expired))
-            f = self.ros.frames
-            needed = [x for x in (f.odom_frame, f.base_frame) if x]
-            self.get_logger().warning(
-                f"dropped {len(expired)} frame(s): no transform {' / '.join(needed)} <- "
-                f"'{expired[-1].frame_id}' within {f.tf_timeout_s} s of the image stamp (is the "
-                f"TF publisher running? use_sim_time consistent? raise frames.tf_timeout_s)",
-                throttle_duration_sec=THROTTLE_S)
-        for item, tfs in ready:
-            if "T_base_cam" in tfs:
-                self._in.T_base_cam = tfs["T_base_cam"]
-            item.T_base_cam = self._in.T_base_cam
-            item.T_odom_cam = tfs.get("T_odom_cam")
-            self._submit(item)
+        if not on:
+            timer.cancel()
+        elif timer.is_canceled():
+            timer.reset()
 
     def _request_reset(self, reason: str) -> Any:
         """Reset input-side state now (input group) and the map on the worker; the worker's Future."""
-        self._stamps.reset()
-        self._jumps.reset()
-        if self._matcher is not None:
-            self._matcher.reset()
-        if self._tf_queue is not None:
-            self._tf_queue.clear()
+        if self._intake is not None:
+            self._intake.reset()
         if self._tf_buffer is not None:
             self._tf_buffer.clear()
-        self._matched = 0
         if self._worker is not None:
             self._worker.clear_pending()
             return self._worker.call(self._do_reset, reason)
@@ -594,8 +474,8 @@ class ReconNode(LifecycleNode):
             return
         if self._activated_ns <= 0:
             self._activated_ns = now  # activated before /clock started: count from its first tick
-        last = self._last_match_ns or self._activated_ns
-        if not self._paused and now - last > r.diagnostics.no_data_warn_s * 1e9:
+        last = self._intake.last_match_ns or self._activated_ns
+        if not self._intake.paused.is_set() and now - last > r.diagnostics.no_data_warn_s * 1e9:
             self._warn_no_data()
         if self._worker is None:
             return
@@ -692,11 +572,18 @@ class ReconNode(LifecycleNode):
         return response
 
     def _srv_set_paused(self, request: Any, response: Any) -> Any:
-        self._paused = bool(request.data)
-        if self._paused and self._worker is not None:
-            self._worker.clear_pending()
+        intake = self._intake
+        if intake is None:
+            response.success, response.message = False, "the node is not configured"
+            return response
+        if request.data:
+            intake.paused.set()
+            if self._worker is not None:
+                self._worker.clear_pending()
+        else:
+            intake.paused.clear()
         response.success = True
-        response.message = "paused" if self._paused else "resumed"
+        response.message = "paused" if request.data else "resumed"
         self.get_logger().info(response.message)
         return response
 
@@ -844,12 +731,14 @@ class ReconNode(LifecycleNode):
     # -- diagnostics -------------------------------------------------------------------------
     def _diagnose(self, stat: DiagnosticStatusWrapper) -> DiagnosticStatusWrapper:
         d = self.ros.diagnostics
-        last = self._last_match_ns or None
+        intake = self._intake
+        last = (intake.last_match_ns if intake is not None else 0) or None
         stats = self._stats_snapshot  # left by the worker: the core is never touched from here
         worker_ms = self._worker.stats().mean_ms if self._worker is not None else 0.0
         h = HealthInputs(
-            active=self._active, paused=self._paused, rate_hz=self._stamps.rate_hz(),
-            delay_s=self._stamps.delay_s(),
+            active=self._active, paused=intake is not None and intake.paused.is_set(),
+            rate_hz=intake.stamps.rate_hz() if intake is not None else 0.0,
+            delay_s=intake.stamps.delay_s() if intake is not None else 0.0,
             since_last_s=None if last is None else (self._now_ns() - last) * 1e-9,
             counters=self.counters(), inference_ms=float(self._timings.get("total", worker_ms)),
             map_points=self._published_points, scale=float(stats.get("scale", 1.0)),
